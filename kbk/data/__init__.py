@@ -1,0 +1,1 @@
+"""Data sources (synthetic, local text, WikiText-2), tokenisers and batching."""

@@ -1,0 +1,1 @@
+"""Koopman operator estimation (streaming DMD) and diagnostics, in plain PyTorch."""

@@ -1,0 +1,1 @@
+"""kbk's Optuna sweeper for Hydra."""

@@ -1,0 +1,54 @@
+"""The small interface the trainer talks to. No MLflow here: training code depends only on this."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """What a trainer may ask of an experiment tracker.
+
+    `report` hands an intermediate objective to whoever drives the run (an Optuna pruner, say); it may raise to stop
+    the run (e.g. `optuna.TrialPruned`). `flush` is called right after a checkpoint is written, so a tracker that
+    buffers metrics can make what it has logged agree with what a resumed run will re-log.
+    """
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
+
+    def report(self, value: float, step: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class NullTracker:
+    """Tracks nothing: for tests, notebooks and `tracking=none`. Keeps the last metrics for inspection."""
+
+    def __init__(self) -> None:
+        self.history: list[tuple[int, dict[str, float]]] = []
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self.history.append((step, dict(metrics)))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        pass
+
+    def report(self, value: float, step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass

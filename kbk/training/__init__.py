@@ -1,0 +1,1 @@
+"""Loss-weight schedules, the hybrid Koopman-gradient trainer and checkpoints, in plain PyTorch."""
