@@ -1,0 +1,274 @@
+"""Structured-config schemas for every config group, registered in Hydra's ConfigStore.
+
+The YAML files in `conf/` fill these; OmegaConf rejects unknown keys and wrong types while composing, and
+`validate` (run before any work starts) rejects out-of-range values with a message naming the key, the value and
+what is allowed. Model, training and data code never see these classes: `kbk/run.py` turns them into plain
+arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
+from typing import Any
+
+from kbk.errors import ConfigError
+
+
+class ScheduleType(str, Enum):
+    linear = "linear"
+    exponential = "exponential"
+    step = "step"
+    constant = "constant"
+
+
+class OperatorUpdate(str, Enum):
+    gradient = "gradient"
+    dmd = "dmd"
+    both = "both"
+
+
+class DMDEstimator(str, Enum):
+    ridge = "ridge"
+    lstsq = "lstsq"
+    forgetting = "forgetting"
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet_bk"  # "resnet_bk" | "transformer" (the GPT-style baseline)
+    d_model: int = 64
+    n_layers: int = 4
+    n_seq: int = 128
+    num_experts: int = 4
+    top_k: int = 1
+    dropout: float = 0.1
+    v_max: float = 3.0
+    z_real: float = 0.0  # the BK-Core's spectral shift z = z_real + i·z_imag (z_imag > 0)
+    z_imag: float = 1.0
+    bk_grad: str = "exact"  # "exact" | "seed_blend" (the seed's heuristic backward, for comparison)
+    causal: bool = True  # False: the seed's bidirectional BK-Core, which lets position i see tokens after i
+    n_heads: int = 4  # transformer baseline only
+
+
+@dataclass
+class KoopmanConfig:
+    enabled: bool = True
+    dim: int = 256
+    operator_update: OperatorUpdate = OperatorUpdate.both
+    init: str = "identity_noise"  # "identity_noise" | "orthogonal"
+    init_scale: float = 0.01
+    detach_backbone: bool = True
+    detach_targets: bool = False
+    linear_weight: float = 1.0
+    recon_weight: float = 1.0
+    pred_weight: float = 1.0
+    sample_tokens: int | None = 256
+
+
+@dataclass
+class ScheduleConfig:
+    type: ScheduleType = ScheduleType.linear
+    min_weight: float = 0.0
+    max_weight: float = 0.1
+    warmup: float = 0.3
+    total: float | None = None  # null: the end of training
+    # "fraction": warmup/total as fractions of the run's optimiser steps (any run length); "epoch": whole 0-based
+    # epochs, the weight fixed within an epoch (the seed); "step": optimiser steps.
+    unit: str = "fraction"
+
+
+@dataclass
+class DMDConfig:
+    buffer_size: int = 100
+    alpha: float = 0.1
+    estimator: DMDEstimator = DMDEstimator.ridge
+    ridge: float = 1e-3
+    svd_rtol: float = 1e-6
+    forgetting: float = 0.99
+    max_condition: float = 1e8
+    update_interval: int = 1
+
+
+@dataclass
+class DataConfig:
+    """One schema for every source; null means "that source's default". Setting an option the chosen source does
+    not have (data.path with data=synthetic, say) is an error that lists the source's options."""
+
+    source: str = "synthetic"  # "synthetic" | "text" | "wikitext2"
+    cache_dir: str | None = None  # tokenised-data cache; null: <outputs>/cache/data
+    # synthetic: a hidden Markov model with a known Bayes-optimal loss
+    vocab_size: int | None = None
+    n_states: int | None = None
+    n_successors: int | None = None
+    zipf_exponent: float | None = None
+    n_train_tokens: int | None = None
+    n_val_tokens: int | None = None
+    seed: int | None = None
+    # text / wikitext2
+    path: str | None = None
+    tokenizer: str | None = None  # "word" | "char" | "bpe"
+    val_fraction: float | None = None
+    max_vocab: int | None = None
+    bpe_vocab_size: int | None = None
+    lowercase: bool | None = None
+    eos: bool | None = None
+    hf_cache_dir: str | None = None
+    hub_timeout_s: float | None = None
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 0.5
+    eval_every: int | None = None
+    eval_batches: int | None = None
+    log_every: int = 10
+    checkpoint_every: int | None = None
+    fallback_threshold: float = 10.0
+    max_nan_steps: int = 5
+    diagnostics_tokens: int = 512
+    layerwise_eval: bool = True
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", …
+    resume: Any = False  # false | true (this run's checkpoint) | a path to a checkpoint
+    log_checkpoint: bool = False  # also store the final checkpoint as an MLflow artifact
+
+
+@dataclass
+class TrackingConfig:
+    backend: str = "mlflow"  # "mlflow" | "none"
+    uri: str | None = None  # null: SQLite under the outputs folder
+    experiment: str = "kbk"
+    run_name: str | None = None
+
+
+@dataclass
+class PathsConfig:
+    outputs: str = "outputs"  # relative paths resolve against the project root (see kbk/paths.py)
+
+
+@dataclass
+class KbkConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    koopman: KoopmanConfig = field(default_factory=KoopmanConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    dmd: DMDConfig = field(default_factory=DMDConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 0
+    optimized_metric: Any = "val/ppl"  # a metric name, or a list of names for several objectives
+    name: str = "kbk"
+
+
+def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="kbk_schema", node=KbkConfig)
+
+
+# ------------------------------------------------------------------------------------------------ range checks
+# (key, test, what is allowed). Types and unknown keys are OmegaConf's job; these are the values it cannot judge.
+RULES: list[tuple[str, Any, str]] = [
+    ("model.d_model", lambda v: v > 0, "an integer > 0"),
+    ("model.n_layers", lambda v: v > 0, "an integer > 0"),
+    ("model.n_seq", lambda v: v > 0, "an integer > 0"),
+    ("model.num_experts", lambda v: v > 0, "an integer > 0"),
+    ("model.top_k", lambda v: v > 0, "an integer between 1 and model.num_experts"),
+    ("model.dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("model.v_max", lambda v: v > 0, "a number > 0"),
+    ("model.z_imag", lambda v: v > 0, "a number > 0 (the resolvent needs z off the real axis)"),
+    ("model.bk_grad", lambda v: v in ("exact", "seed_blend"), "one of exact, seed_blend"),
+    ("model.arch", lambda v: v in ("resnet_bk", "transformer"), "one of resnet_bk, transformer"),
+    ("model.n_heads", lambda v: v > 0, "an integer > 0 dividing model.d_model"),
+    ("koopman.dim", lambda v: v > 0, "an integer > 0"),
+    ("koopman.init", lambda v: v in ("identity_noise", "orthogonal"), "one of identity_noise, orthogonal"),
+    ("koopman.init_scale", lambda v: v >= 0, "a number >= 0"),
+    ("koopman.sample_tokens", lambda v: v is None or v > 0, "an integer > 0, or null for all tokens"),
+    ("koopman.linear_weight", lambda v: v >= 0, "a number >= 0"),
+    ("koopman.recon_weight", lambda v: v >= 0, "a number >= 0"),
+    ("koopman.pred_weight", lambda v: v >= 0, "a number >= 0"),
+    ("schedule.min_weight", lambda v: v >= 0, "a number >= 0"),
+    ("schedule.max_weight", lambda v: v >= 0, "a number >= 0"),
+    ("schedule.warmup", lambda v: v >= 0, "a number >= 0"),
+    ("schedule.total", lambda v: v is None or v > 0, "a number > 0, or null for the end of training"),
+    ("schedule.unit", lambda v: v in ("epoch", "step", "fraction"), "one of epoch, step, fraction"),
+    ("dmd.buffer_size", lambda v: v > 0, "an integer > 0"),
+    ("dmd.alpha", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    ("dmd.ridge", lambda v: v >= 0, "a number >= 0"),
+    ("dmd.svd_rtol", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("dmd.forgetting", lambda v: 0 < v < 1, "a number in (0, 1)"),
+    ("dmd.max_condition", lambda v: v > 1, "a number > 1"),
+    ("dmd.update_interval", lambda v: v > 0, "an integer > 0"),
+    ("data.source", lambda v: v in ("synthetic", "text", "wikitext2"), "one of synthetic, text, wikitext2"),
+    ("trainer.epochs", lambda v: v > 0, "an integer > 0"),
+    ("trainer.max_steps", lambda v: v is None or v > 0, "an integer > 0, or null"),
+    ("trainer.batch_size", lambda v: v > 0, "an integer > 0"),
+    ("trainer.lr", lambda v: v > 0, "a number > 0"),
+    ("trainer.weight_decay", lambda v: v >= 0, "a number >= 0"),
+    ("trainer.grad_clip", lambda v: v > 0, "a number > 0"),
+    ("trainer.eval_every", lambda v: v is None or v > 0, "an integer > 0, or null for once per epoch"),
+    ("trainer.eval_batches", lambda v: v is None or v > 0, "an integer > 0, or null for all"),
+    ("trainer.log_every", lambda v: v > 0, "an integer > 0"),
+    ("trainer.checkpoint_every", lambda v: v is None or v > 0, "an integer > 0, or null for each evaluation"),
+    ("trainer.max_nan_steps", lambda v: v > 0, "an integer > 0"),
+    ("trainer.resume", lambda v: isinstance(v, bool) or (isinstance(v, str) and v != ""),
+     "true, false, or a checkpoint path"),
+    ("tracking.backend", lambda v: v in ("mlflow", "none"), "one of mlflow, none"),
+]
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part] if isinstance(node, dict) else getattr(node, part)
+    return node.value if isinstance(node, Enum) else node
+
+
+def validate(cfg: Any) -> None:
+    """Raise `ConfigError` for the first out-of-range value: the key, the value, and what is allowed."""
+    for key, ok, allowed in RULES:
+        value = _get(cfg, key)
+        try:
+            good = bool(ok(value))
+        except TypeError:
+            good = False
+        if not good:
+            raise ConfigError(f"{key}={value!r} is not allowed: it must be {allowed}")
+    if _get(cfg, "model.top_k") > _get(cfg, "model.num_experts"):
+        raise ConfigError(
+            f"model.top_k={_get(cfg, 'model.top_k')} is not allowed: it must be <= model.num_experts="
+            f"{_get(cfg, 'model.num_experts')}"
+        )
+    if _get(cfg, "model.d_model") % _get(cfg, "model.n_heads") and _get(cfg, "model.arch") == "transformer":
+        raise ConfigError(f"model.n_heads={_get(cfg, 'model.n_heads')} must divide model.d_model")
+    total = _get(cfg, "schedule.total")
+    if total is not None and _get(cfg, "schedule.warmup") > total:
+        raise ConfigError(
+            f"schedule.warmup={_get(cfg, 'schedule.warmup')} is not allowed: it must be <= schedule.total={total}"
+        )
+    metric = _get(cfg, "optimized_metric")
+    names = [metric] if isinstance(metric, str) else list(metric) if metric is not None else []
+    if not names or not all(isinstance(n, str) and "/" in n for n in names):
+        raise ConfigError(
+            f"optimized_metric={metric!r} is not allowed: it must be a metric name such as 'val/ppl', or a list "
+            f"of them"
+        )
+
+
+def as_plain(node: Any) -> Any:
+    """A dataclass/Enum tree as plain dicts and values (for logging and hashing)."""
+    if is_dataclass(node):
+        return {f.name: as_plain(getattr(node, f.name)) for f in fields(node)}
+    if isinstance(node, Enum):
+        return node.value
+    if isinstance(node, dict):
+        return {k: as_plain(v) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [as_plain(v) for v in node]
+    return node

@@ -1,0 +1,164 @@
+"""The `Corpus` every source returns, the `load_corpus` dispatcher, and the cache of tokenised corpora.
+
+Cache layout: `<cache_dir>/<name>-<key>/{train.pt, val.pt, tokenizer.json, meta.json}`, where `key` hashes
+the source settings (and, for local files, their paths, sizes and mtimes), so changing a setting or editing a
+file builds a new entry and never reads a stale one. An entry is written into a temporary sibling folder and
+renamed into place in one step, so a killed run leaves either a whole entry or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kbk.data.batching import num_windows
+from kbk.data.tokenizers import TOKENIZERS, build_tokenizer, load_tokenizer
+from kbk.errors import DataError
+
+DEFAULT_CACHE_DIR = "outputs/cache/data"
+CACHE_FORMAT = 1
+
+
+@dataclass
+class Corpus:
+    train: torch.Tensor  # 1-D int64 token ids
+    val: torch.Tensor
+    vocab_size: int
+    name: str  # "synthetic" | "text" | "wikitext2"
+    tokenizer: Any
+    source_model: Any = None  # the exact generator (synthetic HMM); None for real text
+    cache_path: Path | None = None
+    from_cache: bool = False
+    _floors: dict[int, float] = field(default_factory=dict, repr=False)
+
+    def loss_floor(self, n_seq: int) -> float | None:
+        """The Bayes-optimal mean validation cross-entropy (nats/token) over the evaluator's windows.
+
+        The windows are those of `TokenBatches(val, n_seq, ..., shuffle=False)`. None for real text, whose
+        source is unknown.
+        """
+        if self.source_model is None:
+            return None
+        if n_seq not in self._floors:
+            if num_windows(self.val.numel(), n_seq) == 0:
+                raise DataError(
+                    f"the validation stream has {self.val.numel()} tokens, too few for one window of "
+                    f"n_seq={n_seq} (+1 target): raise data.n_val_tokens or lower model.n_seq"
+                )
+            self._floors[n_seq] = self.source_model.mean_window_nll(self.val, n_seq)
+        return self._floors[n_seq]
+
+
+def load_corpus(source: str = "synthetic", **options) -> Corpus:
+    """Load `source` ("synthetic" | "text" | "wikitext2") with that source's keyword options."""
+    from kbk.data.synthetic import load_synthetic
+    from kbk.data.text import load_text
+    from kbk.data.wikitext2 import load_wikitext2
+
+    loaders: dict[str, Callable[..., Corpus]] = {
+        "synthetic": load_synthetic,
+        "text": load_text,
+        "wikitext2": load_wikitext2,
+    }
+    if source not in loaders:
+        raise DataError(f"unknown data source {source!r}: choose one of {', '.join(loaders)}")
+    allowed = inspect.signature(loaders[source]).parameters
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise DataError(
+            f"data={source} has no option(s) {', '.join(unknown)}: its options are {', '.join(allowed)}"
+        )
+    return loaders[source](**options)
+
+
+def cache_key(name: str, settings: dict, files: list[Path] = ()) -> str:
+    stamp = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    blob = json.dumps(
+        {"format": CACHE_FORMAT, "name": name, "settings": settings, "files": stamp}, sort_keys=True
+    )
+    return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def _read_entry(folder: Path):
+    train = torch.load(folder / "train.pt", weights_only=True).long()
+    val = torch.load(folder / "val.pt", weights_only=True).long()
+    return train, val, load_tokenizer(folder / "tokenizer.json")
+
+
+def _write_entry(folder: Path, train: torch.Tensor, val: torch.Tensor, tokenizer, meta: dict) -> None:
+    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        # int32 halves the files; every vocabulary here is far below 2**31
+        torch.save(train.to(torch.int32), tmp / "train.pt")
+        torch.save(val.to(torch.int32), tmp / "val.pt")
+        tokenizer.save(tmp / "tokenizer.json")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            pass  # another process finished the same entry first; theirs is as good as ours
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def tokenised_corpus(
+    name: str,
+    read_texts: Callable[[], tuple[str, str]],
+    settings: dict,
+    files: list[Path],
+    cache_dir: str | Path | None,
+) -> Corpus:
+    """Tokenise `read_texts()` -> (train text, val text) as `settings` say, via the cache if one is given.
+
+    `settings` must hold `tokenizer`, `max_vocab`, `bpe_vocab_size`, `lowercase`, `eos`.
+    """
+    if settings["tokenizer"] not in TOKENIZERS:
+        raise DataError(
+            f"unknown data.tokenizer={settings['tokenizer']!r}: choose one of {', '.join(TOKENIZERS)}"
+        )
+    folder = Path(cache_dir) / cache_key(name, settings, files) if cache_dir is not None else None
+    if folder is not None and (folder / "meta.json").is_file():
+        try:
+            train, val, tok = _read_entry(folder)
+            return Corpus(train, val, tok.vocab_size, name, tok, cache_path=folder, from_cache=True)
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)  # unreadable entry: rebuild it below
+    train_text, val_text = read_texts()
+    tok = build_tokenizer(
+        settings["tokenizer"],
+        train_text,
+        max_vocab=settings["max_vocab"],
+        bpe_vocab_size=settings["bpe_vocab_size"],
+        lowercase=settings["lowercase"],
+        eos=settings["eos"],
+    )
+    train = torch.tensor(tok.encode(train_text), dtype=torch.long)
+    val = torch.tensor(tok.encode(val_text), dtype=torch.long)
+    for split, ids in (("training", train), ("validation", val)):
+        if ids.numel() < 2:
+            raise DataError(
+                f"the {name} {split} split has {ids.numel()} tokens after tokenisation: "
+                f"use more text (or change data.val_fraction)"
+            )
+    if folder is not None:
+        meta = {
+            "name": name,
+            "settings": settings,
+            "files": [str(f) for f in files],
+            "vocab_size": tok.vocab_size,
+            "n_train": train.numel(),
+            "n_val": val.numel(),
+        }
+        _write_entry(folder, train, val, tok, meta)
+    return Corpus(train, val, tok.vocab_size, name, tok, cache_path=folder, from_cache=False)

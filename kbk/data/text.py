@@ -1,0 +1,98 @@
+"""Local text: one `.txt` file, or a folder of them, split into training and validation text and tokenised."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kbk.data.corpus import Corpus, tokenised_corpus
+from kbk.errors import DataError
+
+VAL_NAMES = ("valid.txt", "val.txt", "validation.txt")
+_FIX = (
+    "set data.path to an existing .txt file or folder of .txt files (or use data=synthetic: no files needed)"
+)
+
+
+def _read(f: Path) -> str:
+    try:
+        return f.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{f} is not UTF-8 text ({e}): convert it to UTF-8, or {_FIX}") from e
+    except OSError as e:
+        raise DataError(f"cannot read {f} ({e.strerror or e}): fix its permissions, or {_FIX}") from e
+
+
+def split_text(text: str, val_fraction: float) -> tuple[str, str]:
+    """The last `val_fraction` of `text` is validation, cut at a line (else word) end so no word is split."""
+    cut = int(len(text) * (1.0 - val_fraction))
+    for sep in ("\n", " "):
+        at = text.find(sep, max(cut - 1, 0))  # a cut right after a newline stays put
+        if at != -1 and text[at + 1 :].strip():
+            return text[: at + 1], text[at + 1 :]
+    return text[:cut], text[cut:]
+
+
+def find_files(path: Path) -> tuple[list[Path], list[Path] | None]:
+    """(training files, validation files or None when the validation part is cut from the end)."""
+    if not path.exists():
+        raise DataError(f"data.path={path} does not exist: {_FIX}")
+    if path.is_file():
+        return [path], None
+    train = path / "train.txt"
+    val = next((path / n for n in VAL_NAMES if (path / n).is_file()), None)
+    if train.is_file() and val is not None:
+        return [train], [val]
+    files = sorted(path.rglob("*.txt"))  # sorted: the same folder always gives the same stream
+    if not files:
+        raise DataError(f"data.path={path} is a folder without any .txt file: {_FIX}")
+    return files, None
+
+
+def load_text(
+    path: str | Path | None = None,
+    tokenizer: str = "char",
+    val_fraction: float = 0.1,
+    max_vocab: int = 30_000,
+    bpe_vocab_size: int = 4096,
+    lowercase: bool = False,
+    eos: bool = True,
+    cache_dir: str | Path | None = None,
+) -> Corpus:
+    """Tokenise local text.
+
+    `path`: a `.txt` file, or a folder (its `train.txt` + `valid.txt` when both exist, else every `*.txt`
+    below it, concatenated in sorted order, the last `val_fraction` being validation). `tokenizer`: "char" |
+    "word" (capped at `max_vocab`, `<eos>` per line if `eos`) | "bpe" (`bpe_vocab_size`).
+    """
+    if path is None or str(path) == "":
+        raise DataError(f"data=text needs data.path: {_FIX}")
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1 (e.g. 0.1)")
+    path = Path(path).expanduser()
+    train_files, val_files = find_files(path)
+
+    def read_texts() -> tuple[str, str]:
+        # each file ends in a newline so the last line of one never runs into the first line of the next
+        def concat(files):
+            return "".join(t if t.endswith("\n") else t + "\n" for t in map(_read, files) if t.strip())
+
+        train = concat(train_files)
+        if not train:
+            raise DataError(f"data.path={path} holds no text (empty or whitespace-only files): {_FIX}")
+        if val_files is not None:
+            val = concat(val_files)
+            if not val:
+                raise DataError(f"{val_files[0]} is empty: put validation text in it, or remove it")
+            return train, val
+        return split_text(train, val_fraction)
+
+    settings = {
+        "path": str(path.resolve()),
+        "tokenizer": tokenizer,
+        "val_fraction": val_fraction,
+        "max_vocab": max_vocab,
+        "bpe_vocab_size": bpe_vocab_size,
+        "lowercase": lowercase,
+        "eos": eos,
+    }
+    return tokenised_corpus("text", read_texts, settings, train_files + (val_files or []), cache_dir)

@@ -1,0 +1,146 @@
+"""WikiText-2 (raw), the seed's data: from the Hugging Face hub through `datasets`, or from a local copy.
+
+The seed's protocol: whitespace words, the `max_vocab`=30,000 most frequent TRAINING words plus `<unk>`. Each
+dataset row is one line of the original files; with `eos=True` every non-empty line ends in `<eos>` (as in the
+classic word-level WikiText setup) and blank lines add nothing, so the vocabulary is 30,002 ids.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from kbk.data.corpus import Corpus, tokenised_corpus
+from kbk.errors import DataError
+
+HUB_NAME, HUB_CONFIG = "wikitext", "wikitext-2-raw-v1"
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+def _alternatives() -> str:
+    return (
+        "Alternatives: point data.path=<folder> at a local copy in the hub's layout "
+        f"(<folder>/{HUB_CONFIG}/train-00000-of-00001.parquet and validation-00000-of-00001.parquet, "
+        "e.g. from `hf download Salesforce/wikitext --repo-type dataset --local-dir <folder>` "
+        "on a machine with internet); "
+        f"or set HF_DATASETS_OFFLINE=1 with a Hugging Face cache (HF_HOME) that already holds {HUB_CONFIG}; "
+        "or use data=text data.path=<your .txt files>; or data=synthetic (no files needed)."
+    )
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(v, "").upper() in _TRUE for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def hub_unreachable(timeout_s: float) -> str | None:
+    """Why the hub (or the HTTPS proxy in front of it) refuses a TCP connection, or None if it accepts one.
+
+    `datasets` retries an unreachable hub for half a minute or more; one short probe fails in seconds instead.
+    """
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlparse(proxy or os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+        return None
+    except OSError as e:
+        return f"{host}:{port}: {e}"
+
+
+def local_files(path: Path) -> dict[str, list[Path]]:
+    """The parquet shards of a local copy in the hub repo's layout (`path`: the repo or its config folder)."""
+    folder = path / HUB_CONFIG if (path / HUB_CONFIG).is_dir() else path
+    files = {split: sorted(folder.glob(f"{split}-*.parquet")) for split in ("train", "validation")}
+    if not path.is_dir() or not all(files.values()):
+        what = "does not exist" if not path.exists() else "is not a WikiText-2 copy in the hub's layout"
+        raise DataError(
+            f"data.path={path} {what}: expected "
+            f"{path}/{HUB_CONFIG}/train-*.parquet and validation-*.parquet. {_alternatives()}"
+        )
+    return files
+
+
+def _rows_to_text(rows) -> str:
+    # a row is a line of the original file; "" rows are its blank lines
+    return "".join(r if r.endswith("\n") else r + "\n" for r in rows)
+
+
+def _read_local(files: dict[str, list[Path]], hf_cache_dir: str | None) -> tuple[str, str]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(
+            "parquet", data_files={k: [str(f) for f in v] for k, v in files.items()}, cache_dir=hf_cache_dir
+        )
+        return _rows_to_text(ds["train"]["text"]), _rows_to_text(ds["validation"]["text"])
+    except Exception as e:  # corrupt shards, a missing "text" column, ...: all fixed by a fresh copy
+        raise DataError(
+            f"cannot read WikiText-2 from {files['train'][0].parent} ({e}): replace the copy. "
+            f"{_alternatives()}"
+        ) from e
+
+
+def _read_hub(hf_cache_dir: str | None, timeout_s: float) -> tuple[str, str]:
+    offline = hub_offline()
+    reason = None if offline else hub_unreachable(timeout_s)
+    if reason is not None:
+        raise DataError(
+            f"cannot load WikiText-2: the Hugging Face hub cannot be reached ({reason}). {_alternatives()}"
+        )
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(HUB_NAME, HUB_CONFIG, cache_dir=hf_cache_dir)
+    except Exception as e:
+        cause = (
+            "offline mode is set (the hub is not contacted) and the local cache does not hold it"
+            if offline
+            else "the hub download failed"
+        )
+        raise DataError(
+            f"cannot load WikiText-2 ({HUB_NAME}/{HUB_CONFIG}): {cause} ({type(e).__name__}: {e}). "
+            f"{_alternatives()}"
+        ) from e
+    return _rows_to_text(ds["train"]["text"]), _rows_to_text(ds["validation"]["text"])
+
+
+def load_wikitext2(
+    path: str | Path | None = None,
+    tokenizer: str = "word",
+    max_vocab: int = 30_000,
+    bpe_vocab_size: int = 4096,
+    lowercase: bool = False,
+    eos: bool = True,
+    cache_dir: str | Path | None = None,
+    hf_cache_dir: str | None = None,
+    hub_timeout_s: float = 5.0,
+) -> Corpus:
+    """WikiText-2 raw, train/validation splits. `path`: a local copy in the hub's layout (None: the hub).
+
+    `hf_cache_dir` is where `datasets` keeps its own files (None: its default under HF_HOME).
+    """
+    if path is not None and str(path) != "":
+        path = Path(path).expanduser()
+        files = local_files(path)
+        flat = files["train"] + files["validation"]
+        source = str(path.resolve())
+
+        def read_texts():
+            return _read_local(files, hf_cache_dir)
+    else:
+        flat, source = [], f"hub:{HUB_NAME}/{HUB_CONFIG}"
+
+        def read_texts():
+            return _read_hub(hf_cache_dir, hub_timeout_s)
+
+    settings = {
+        "source": source,
+        "tokenizer": tokenizer,
+        "max_vocab": max_vocab,
+        "bpe_vocab_size": bpe_vocab_size,
+        "lowercase": lowercase,
+        "eos": eos,
+    }
+    return tokenised_corpus("wikitext2", read_texts, settings, flat, cache_dir)

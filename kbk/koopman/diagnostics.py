@@ -1,0 +1,146 @@
+"""Koopman operator diagnostics: pure functions of an operator and lifted data, computed in float64 on CPU.
+
+Convention: column vectors, `z' = K z`; with rows as samples (`z` of shape `(..., k)`), `Z' ≈ Z Kᵀ`.
+matplotlib is imported only inside `plot_eigenvalues`, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+
+def _f64(x: Tensor) -> Tensor:
+    return x.detach().to(device="cpu", dtype=torch.float64)
+
+
+def _rows(z: Tensor) -> Tensor:
+    """`(..., k)` samples as a float64 `(M, k)` matrix."""
+    return _f64(z).reshape(-1, z.shape[-1])
+
+
+def eigenvalues(K: Tensor) -> Tensor:
+    """Eigenvalues of `K` (complex128)."""
+    return torch.linalg.eigvals(_f64(K))
+
+
+def spectral_radius(K: Tensor) -> float:
+    """Largest eigenvalue modulus: `z' = K z` grows along some direction when it exceeds 1."""
+    return float(eigenvalues(K).abs().max())
+
+
+def count_outside_unit_circle(K: Tensor, tol: float = 1e-6) -> int:
+    """Number of eigenvalues with `|λ| > 1 + tol` (unstable modes)."""
+    return int((eigenvalues(K).abs() > 1 + tol).sum())
+
+
+def operator_norm(K: Tensor) -> float:
+    """Spectral norm `‖K‖₂` (largest singular value): the worst-case one-step gain."""
+    return float(torch.linalg.matrix_norm(_f64(K), ord=2))
+
+
+def operator_drift(K: Tensor, K_initial: Tensor) -> dict[str, float]:
+    """How far `K` moved from `K_initial`: the original project's table columns plus the spectral radius.
+
+    `mean_abs_change` = mean |K − K0|, `final_norm` = ‖K‖_F, `relative_change` = ‖K − K0‖_F / ‖K0‖_F.
+    """
+    K, K0 = _f64(K), _f64(K_initial)
+    delta = K - K0
+    return {
+        "mean_abs_change": float(delta.abs().mean()),
+        "final_norm": float(torch.linalg.matrix_norm(K)),
+        "relative_change": float(torch.linalg.matrix_norm(delta) / torch.linalg.matrix_norm(K0)),
+        "spectral_radius": spectral_radius(K),
+    }
+
+
+def relative_one_step_error(z: Tensor, z_next: Tensor, K: Tensor) -> float:
+    """`‖Z' − Z Kᵀ‖_F / ‖Z'‖_F`: how well `z' = K z` predicts the next lifted state (0 is perfect)."""
+    z, z_next = _rows(z), _rows(z_next)
+    return float(torch.linalg.matrix_norm(z_next - z @ _f64(K).mT) / torch.linalg.matrix_norm(z_next))
+
+
+def identity_one_step_error(z: Tensor, z_next: Tensor) -> float:
+    """`relative_one_step_error` with `K = I`: the "do nothing" baseline a learned operator must beat."""
+    z, z_next = _rows(z), _rows(z_next)
+    return float(torch.linalg.matrix_norm(z_next - z) / torch.linalg.matrix_norm(z_next))
+
+
+def effective_rank(Z: Tensor) -> float:
+    """`exp(H(p))` with `p` the singular values of `Z` normalised to sum 1 (Roy & Vetterli); 0 for `Z = 0`.
+
+    Equals r for a matrix with r equal non-zero singular values; a lifted batch whose effective rank is far
+    below `koopman_dim` leaves most directions of `K` unconstrained.
+    """
+    s = torch.linalg.svdvals(_rows(Z))
+    total = s.sum()
+    if total <= 0:
+        return 0.0
+    p = s[s > 0] / total
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def condition_number(Z: Tensor) -> float:
+    """`σ_max / σ_min` of `Z` (over its `min(M, k)` singular values); inf when `Z` is rank-deficient."""
+    s = torch.linalg.svdvals(_rows(Z))
+    return float(s[0] / s[-1]) if s[-1] > 0 else math.inf
+
+
+def saturation_fraction(tanh_outputs: Tensor, threshold: float = 0.99) -> float:
+    """Fraction of tanh outputs with `|value| > threshold`; near 1 means the lift has saturated (collapse)."""
+    return float((tanh_outputs.detach().abs() > threshold).double().mean())
+
+
+def koopman_operator_stats(
+    K: Tensor, K_initial: Tensor, z: Tensor | None = None, z_next: Tensor | None = None
+) -> dict[str, float]:
+    """One flat dict per layer, logged as `koopman/<layer>/<name>`.
+
+    Operator: `spectral_radius`, `n_unstable` (|λ| > 1), `norm_2`, `norm_fro`, `drift_rel`, `mean_abs_change`.
+    With lifted pairs `z`, `z_next` of shape `(..., k)`: `one_step_rel_err`, `one_step_rel_err_identity`,
+    `effective_rank` and `condition` of the lifted batch `z`.
+    """
+    drift = operator_drift(K, K_initial)
+    stats = {
+        "spectral_radius": drift["spectral_radius"],
+        "n_unstable": float(count_outside_unit_circle(K)),
+        "norm_2": operator_norm(K),
+        "norm_fro": drift["final_norm"],
+        "drift_rel": drift["relative_change"],
+        "mean_abs_change": drift["mean_abs_change"],
+    }
+    if z is not None and z_next is not None:
+        stats["one_step_rel_err"] = relative_one_step_error(z, z_next, K)
+        stats["one_step_rel_err_identity"] = identity_one_step_error(z, z_next)
+        stats["effective_rank"] = effective_rank(z)
+        stats["condition"] = condition_number(z)
+    return stats
+
+
+def plot_eigenvalues(operators: Mapping[str, Tensor], path: str | Path) -> Path:
+    """Scatter each operator's eigenvalues (a colour per layer) against the unit circle; PNG at `path`."""
+    # The object-oriented Figure API renders with Agg and touches no global pyplot state or backend.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    theta = torch.linspace(0, 2 * math.pi, 361)
+    ax.plot(theta.cos(), theta.sin(), color="black", linewidth=0.8, label="|λ| = 1")
+    for name, K in operators.items():
+        lam = eigenvalues(K)
+        ax.scatter(lam.real, lam.imag, s=8, alpha=0.7, label=f"{name} (ρ = {float(lam.abs().max()):.3f})")
+    ax.axhline(0, color="grey", linewidth=0.5)
+    ax.axvline(0, color="grey", linewidth=0.5)
+    ax.set_aspect("equal")
+    ax.set_xlabel("Re λ")
+    ax.set_ylabel("Im λ")
+    ax.set_title("Koopman operator eigenvalues")
+    ax.legend(loc="upper right", fontsize="small")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100)
+    return path

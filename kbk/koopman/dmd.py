@@ -1,0 +1,300 @@
+"""Streaming dynamic mode decomposition: estimate a layer's Koopman operator from lifted pairs.
+
+Convention (shared by the whole of kbk): column vectors, `z' = K z`; with rows as samples, `Z' ≈ Z Kᵀ`.
+
+`StreamingDMD` keeps token-level lifted pairs `(z, z')` (detached) and turns them into an estimate
+`K_dmd`, which `update` blends into the layer's operator: `K ← (1 − α) K + α K_dmd`. Three estimators:
+
+- `lstsq`: least squares `K = Z'ᵀ (Z⁺)ᵀ` (i.e. `Y X⁺` with `X = Zᵀ`, `Y = Z'ᵀ`) from a truncated SVD of `Z`.
+  Rank-deficient data give a rank-deficient `K`: with fewer pairs than `koopman_dim` the spectrum
+  collapses to 0.
+- `ridge` (default): least squares with a Frobenius penalty `λ‖K − I‖²` toward the prior `K_prior = I`,
+  `K = (H + λI)(G + λI)⁻¹` with `G = ZᵀZ`, `H = Z'ᵀZ`. Directions the data never reach keep eigenvalue 1.
+  `λ = ridge · trace(G) / k` (the mean eigenvalue of `G`), so the penalty is relative: rescaling `z`
+  leaves `K` unchanged, and the regularised Gram's condition number is at most `1 + k / ridge`.
+- `forgetting`: the ridge solve on exponentially weighted Grams, `G ← ρG + (1 − ρ)ZᵀZ/M` and
+  `H ← ρH + (1 − ρ)Z'ᵀZ/M` updated on every push; no pair buffer is kept.
+
+All linear algebra is done in float64; the estimate comes back in the buffer dtype (float32 by default).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from kbk.errors import ConfigError
+
+ESTIMATORS = ("ridge", "lstsq", "forgetting")
+
+
+def lstsq_operator(z: Tensor, z_next: Tensor, rtol: float = 1e-6) -> tuple[Tensor, float]:
+    """Least-squares operator `K = Z'ᵀ (Z⁺)ᵀ` from rows-as-samples pairs, and the condition it inverts.
+
+    `Z⁺` is the pseudo-inverse from a truncated SVD: singular values `≤ rtol · σ_max` are dropped. The
+    returned condition number is that of the Gram `ZᵀZ` restricted to the kept directions,
+    `(σ_max / σ_min_kept)²` (infinite when nothing is kept, i.e. `Z = 0`). Computed in float64.
+    """
+    z, z_next = z.double(), z_next.double()
+    # torch.linalg.svd returns Vᴴ (rows are right singular vectors), not V as the old torch.svd did.
+    u, s, vh = torch.linalg.svd(z, full_matrices=False)
+    keep = s > rtol * s[0]
+    if not bool(keep.any()):
+        return torch.zeros(z.shape[1], z.shape[1], dtype=z.dtype, device=z.device), math.inf
+    u, s, vh = u[:, keep], s[keep], vh[keep]
+    # Z⁺ = V diag(1/s) Uᵀ, and Z' ≈ Z Kᵀ gives Kᵀ = Z⁺ Z'.
+    k_transposed = vh.mT @ ((u.mT @ z_next) / s[:, None])
+    condition = float((s[0] / s[-1]) ** 2)
+    return k_transposed.mT, condition
+
+
+def ridge_operator(
+    gram: Tensor, cross: Tensor, ridge: float, max_condition: float = math.inf
+) -> tuple[Tensor | None, float]:
+    """Ridge operator `K = (H + λI)(G + λI)⁻¹` toward `K_prior = I`, and the condition of `G + λI`.
+
+    `gram` is `G = ZᵀZ`, `cross` is `H = Z'ᵀZ` (any common positive scaling, e.g. per-sample means, gives
+    the same `K`), `λ = ridge · trace(G) / k`. When the condition number exceeds `max_condition` the solve
+    is skipped (its result would be noise, or it would raise) and `None` is returned in place of `K`.
+    Computed in float64.
+    """
+    gram, cross = gram.double(), cross.double()
+    k = gram.shape[0]
+    eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
+    lam = ridge * torch.trace(gram) / k
+    system = gram + lam * eye
+    eig = torch.linalg.eigvalsh(system)  # ascending; the system is symmetric PSD
+    condition = float(eig[-1] / eig[0]) if eig[0] > 0 else math.inf
+    if not condition <= max_condition:  # also catches NaN
+        return None, condition
+    # K (G + λI) = H + λI  ⇔  (G + λI) Kᵀ = (H + λI)ᵀ, as G + λI is symmetric: one solve, no explicit inverse.
+    k_transposed = torch.linalg.solve(system, (cross + lam * eye).mT)
+    return k_transposed.mT, condition
+
+
+class StreamingDMD(torch.nn.Module):
+    """Streaming DMD estimate of one layer's Koopman operator (`z' = K z`), with guarded in-place updates.
+
+    Every piece of state is a registered buffer (plus the last rejection reason as extra state), so
+    `state_dict()` / `load_state_dict()` restore the estimator exactly.
+
+    Typical use, once per training step: `dmd.push(z, z_next)` then `dmd.step(layer.K)`.
+    """
+
+    def __init__(
+        self,
+        koopman_dim: int,
+        buffer_size: int = 100,
+        alpha: float = 0.1,
+        estimator: str = "ridge",
+        ridge: float = 1e-3,
+        svd_rtol: float = 1e-6,
+        forgetting: float = 0.99,
+        max_condition: float = 1e8,
+        update_interval: int = 1,
+    ) -> None:
+        super().__init__()
+        if koopman_dim < 1:
+            raise ConfigError(f"koopman_dim must be positive, got {koopman_dim}")
+        if buffer_size < 1:
+            raise ConfigError(f"dmd.buffer_size must be positive, got {buffer_size}")
+        if not 0.0 < alpha <= 1.0:
+            raise ConfigError(f"dmd.alpha must be in (0, 1], got {alpha}")
+        if estimator not in ESTIMATORS:
+            raise ConfigError(f"dmd.estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+        if ridge < 0:
+            raise ConfigError(f"dmd.ridge must be >= 0, got {ridge}")
+        if not 0.0 <= svd_rtol < 1.0:  # 0 keeps every non-zero singular value
+            raise ConfigError(f"dmd.svd_rtol must be in [0, 1), got {svd_rtol}")
+        if not 0.0 < forgetting < 1.0:
+            raise ConfigError(f"dmd.forgetting must be in (0, 1), got {forgetting}")
+        if not max_condition > 1.0:
+            raise ConfigError(f"dmd.max_condition must be > 1, got {max_condition}")
+        if update_interval < 1:
+            raise ConfigError(f"dmd.update_interval must be >= 1, got {update_interval}")
+        self.koopman_dim = koopman_dim
+        self.buffer_size = buffer_size
+        self.alpha = alpha
+        self.estimator = estimator
+        self.ridge = ridge
+        self.svd_rtol = svd_rtol
+        self.forgetting = forgetting
+        self.max_condition = max_condition
+        self.update_interval = update_interval
+
+        # The forgetting estimator keeps only its Grams, so its pair storage is empty (but keeps the dtype).
+        rows = 0 if estimator == "forgetting" else buffer_size
+        self.register_buffer("z", torch.zeros(rows, koopman_dim))
+        self.register_buffer("z_next", torch.zeros(rows, koopman_dim))
+        self.register_buffer("gram", torch.zeros(koopman_dim, koopman_dim, dtype=torch.float64))
+        self.register_buffer("cross", torch.zeros(koopman_dim, koopman_dim, dtype=torch.float64))
+        for name in ("write_pos", "count", "n_seen", "accepted", "rejected"):
+            self.register_buffer(name, torch.zeros((), dtype=torch.long))
+        self.register_buffer("nonfinite_pending", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("last_condition", torch.full((), math.nan, dtype=torch.float64))
+        # Plain Python state (saved as the module's extra state): counting steps needs no device sync.
+        self.n_steps = 0
+        self.last_reject_reason = ""
+
+    # ---- counters --------------------------------------------------------------------------------
+
+    @property
+    def n_pairs(self) -> int:
+        """Pairs the estimate rests on: those in the buffer (or, for `forgetting`, all pairs absorbed)."""
+        return int(self.count)
+
+    @property
+    def n_accepted(self) -> int:
+        return int(self.accepted)
+
+    @property
+    def n_rejected(self) -> int:
+        return int(self.rejected)
+
+    def stats(self) -> dict[str, float]:
+        """Flat numbers for logging (e.g. as `dmd/<layer>/<name>`)."""
+        attempts = self.n_accepted + self.n_rejected
+        return {
+            "n_pairs": float(self.n_pairs),
+            "n_seen": float(self.n_seen),
+            "n_accepted": float(self.n_accepted),
+            "n_rejected": float(self.n_rejected),
+            "accept_rate": self.n_accepted / attempts if attempts else math.nan,
+            "condition": float(self.last_condition),
+        }
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"n_steps": self.n_steps, "last_reject_reason": self.last_reject_reason}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.n_steps = int(state.get("n_steps", 0))
+        self.last_reject_reason = str(state.get("last_reject_reason", ""))
+
+    # ---- data ------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def push(self, z: Tensor, z_next: Tensor) -> None:
+        """Add lifted pairs `(z, z')` of shape `(..., k)`; they are detached and flattened to `(M, k)`.
+
+        Buffer estimators write into a circular buffer (oldest pairs overwritten first); when
+        `M > buffer_size` a uniformly random subset of `buffer_size` rows is kept, drawn from torch's global
+        CPU RNG so a trainer that saves and restores RNG state replays it. `forgetting` folds all `M` pairs
+        into its Grams; a push with non-finite values is left out of them (it would poison every later
+        estimate) and makes the next update be rejected.
+        """
+        if z.shape != z_next.shape or z.shape[-1] != self.koopman_dim:
+            raise ValueError(
+                f"z and z_next must have the same shape (..., {self.koopman_dim}), "
+                f"got {tuple(z.shape)} and {tuple(z_next.shape)}"
+            )
+        z = z.detach().reshape(-1, self.koopman_dim)
+        z_next = z_next.detach().reshape(-1, self.koopman_dim)
+        m = z.shape[0]
+        if m == 0:
+            return
+        self.n_seen += m
+        if self.estimator == "forgetting":
+            self._absorb(z, z_next)
+            return
+        if m > self.buffer_size:
+            keep = torch.randperm(m)[: self.buffer_size].to(z.device)
+            z, z_next = z[keep], z_next[keep]
+            m = self.buffer_size
+        slots = (self.write_pos + torch.arange(m, device=self.write_pos.device)) % self.buffer_size
+        self.z[slots] = z.to(self.z)
+        self.z_next[slots] = z_next.to(self.z_next)
+        self.write_pos.copy_((self.write_pos + m) % self.buffer_size)
+        self.count.copy_(torch.clamp(self.count + m, max=self.buffer_size))
+
+    def _absorb(self, z: Tensor, z_next: Tensor) -> None:
+        z64, z_next64 = z.to(self.gram), z_next.to(self.gram)
+        m, rho = z64.shape[0], self.forgetting
+        gram = rho * self.gram + (1 - rho) / m * (z64.mT @ z64)
+        cross = rho * self.cross + (1 - rho) / m * (z_next64.mT @ z64)
+        # torch.where rather than an `if` on a tensor: no host-device sync on every training step.
+        finite = torch.isfinite(gram).all() & torch.isfinite(cross).all()
+        self.gram.copy_(torch.where(finite, gram, self.gram))
+        self.cross.copy_(torch.where(finite, cross, self.cross))
+        self.count += finite.long() * m
+        self.nonfinite_pending |= ~finite
+
+    # ---- estimate and update ---------------------------------------------------------------------
+
+    def _solve(self, max_condition: float = math.inf) -> tuple[Tensor | None, float] | None:
+        """(K in float64 or None if too ill-conditioned to solve, condition number); None without data."""
+        if self.n_pairs == 0:
+            return None
+        if self.estimator == "forgetting":
+            return ridge_operator(self.gram, self.cross, self.ridge, max_condition)
+        z, z_next = self.z[: self.n_pairs].double(), self.z_next[: self.n_pairs].double()
+        if self.estimator == "lstsq":
+            return lstsq_operator(z, z_next, self.svd_rtol)
+        return ridge_operator(z.mT @ z, z_next.mT @ z, self.ridge, max_condition)
+
+    @torch.no_grad()
+    def estimate(self) -> Tensor | None:
+        """`K_dmd` `(k, k)` in the buffer dtype, or None before any pair arrives. No guardrails here."""
+        solved = self._solve()
+        return None if solved is None else solved[0].to(self.z.dtype)
+
+    def _checked_estimate(self) -> tuple[Tensor | None, str]:
+        """(K_dmd in float64, "") if it passes the guardrails, else (None, reason)."""
+        if self.nonfinite_pending:
+            self.nonfinite_pending.fill_(False)
+            return None, "non-finite pairs were pushed since the last update"
+        if self.estimator != "forgetting":
+            n = self.n_pairs
+            if not bool(torch.isfinite(self.z[:n]).all() & torch.isfinite(self.z_next[:n]).all()):
+                return None, "non-finite pairs in the buffer"
+        solved = self._solve(self.max_condition)
+        if solved is None:
+            return None, "no pairs yet"
+        k_dmd, condition = solved
+        self.last_condition.fill_(condition)
+        if not condition <= self.max_condition:
+            limit = self.max_condition
+            return None, f"ill-conditioned: condition number {condition:.3g} > max_condition {limit:.3g}"
+        if not bool(torch.isfinite(k_dmd).all()):
+            return None, "non-finite estimate"
+        return k_dmd, ""
+
+    @torch.no_grad()
+    def update(self, operator: Tensor) -> bool:
+        """Blend the estimate into `operator` in place, `K ← (1 − α) K + α K_dmd`; True if accepted.
+
+        A rejected update (no data, non-finite pairs or estimate, condition number above `max_condition`, or a
+        `torch.linalg.LinAlgError`) leaves `operator` untouched, increments `n_rejected` and sets
+        `last_reject_reason`. `last_reject_reason` is not cleared by a later accepted update.
+        """
+        if operator.shape != (self.koopman_dim, self.koopman_dim):
+            raise ValueError(
+                f"operator must have shape ({self.koopman_dim}, {self.koopman_dim}), "
+                f"got {tuple(operator.shape)}"
+            )
+        try:
+            k_dmd, reason = self._checked_estimate()
+        except torch.linalg.LinAlgError as err:
+            k_dmd, reason = None, f"LinAlgError: {err}"
+        if k_dmd is None:
+            self.rejected += 1
+            self.last_reject_reason = reason
+            return False
+        operator.mul_(1 - self.alpha).add_(k_dmd.to(operator), alpha=self.alpha)
+        self.accepted += 1
+        return True
+
+    def step(self, operator: Tensor) -> bool | None:
+        """Call once per training step: runs `update` every `update_interval`-th step, else returns None."""
+        self.n_steps += 1
+        if self.n_steps % self.update_interval != 0:
+            return None
+        return self.update(operator)
+
+    def extra_repr(self) -> str:
+        return (
+            f"koopman_dim={self.koopman_dim}, estimator={self.estimator!r}, buffer_size={self.buffer_size}, "
+            f"alpha={self.alpha}, ridge={self.ridge}"
+        )

@@ -1,0 +1,228 @@
+"""kbk's single entrypoint: compose a config -> build data, model, trainer, tracker -> train -> evaluate (standard
+and Koopman mode) -> log -> return the objective.
+
+    python -m kbk.run                                   # the defaults: a tiny model on synthetic data
+    python -m kbk.run model=small koopman.dim=512 schedule=step dmd.buffer_size=500
+    python -m kbk.run -m koopman.dim=128,256,512        # a Hydra multirun
+    python -m kbk.run --cfg job                         # print the composed config and exit
+
+Heavy libraries (torch, MLflow) are imported inside `run`, so `--cfg job` and `--help` answer quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from kbk.config import register_configs
+from kbk.errors import KbkError
+from kbk.paths import CONF_DIR, register_resolvers
+
+register_configs()
+register_resolvers()
+
+# Set by kbk's sweeper for each trial it launches (so the job can report to its Optuna trial and nest its run).
+ENV_PARENT_RUN = "KBK_PARENT_RUN_ID"
+ENV_SWEEP = "KBK_SWEEP"
+ENV_TRIAL = "KBK_TRIAL_NUMBER"
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> Any:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    try:
+        return run(cfg, Path(hydra_cfg.runtime.output_dir), sweep=hydra_cfg.mode == RunMode.MULTIRUN)
+    except KbkError as exc:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise  # the sweeper records the trial FAILED with this message
+        print(f"kbk: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def settings_of(cfg: DictConfig):
+    """The validated config as typed dataclasses; out-of-range or missing values are a `ConfigError`."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    from kbk.config import validate
+    from kbk.errors import ConfigError
+
+    try:
+        settings = OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as exc:
+        key = exc.full_key
+        hint = " (a .txt file or a folder of them)" if key == "data.path" else ""
+        raise ConfigError(f"{key} is required but not set: pass {key}=<value>{hint}") from None
+    validate(settings)
+    return settings
+
+
+def identity(cfg: DictConfig) -> dict[str, Any]:
+    """What makes two runs the same experiment: the config minus where things are written and how to resume."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("paths", None)
+    plain.pop("tracking", None)
+    plain["trainer"].pop("resume", None)
+    plain["trainer"].pop("log_checkpoint", None)
+    return plain
+
+
+def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
+    import contextlib
+
+    from kbk import build, console
+    from kbk.tracking.run_info import config_hash
+    from kbk.training.checkpoint import seed_everything
+    from kbk.training.trainer import HybridTrainer
+
+    # Everything that can be wrong with the input fails here, before a run exists anywhere.
+    try:
+        settings = settings_of(cfg)
+        seed_everything(settings.seed)
+        run_hash = config_hash(identity(cfg))
+        console.print_config(cfg)
+        data = build.corpus(settings)
+        train_batches, val_batches = build.batches(settings, data)
+        model = build.model(settings, data.vocab_size)
+        options = build.trainer_options(settings)
+        total_steps = min(len(train_batches) * options.epochs, options.max_steps or 1 << 62)
+        run_dir = build.outputs_dir(settings.paths.outputs) / "checkpoints" / run_hash
+        trainer = HybridTrainer(
+            model, train_batches, val_batches, options, build.schedule(settings, total_steps),
+            checkpoint_path=run_dir / "last.pt", loss_floor=data.loss_floor(settings.model.n_seq),
+            on_eval=console.progress_printer(),
+        )
+        previous = resume_point(settings.trainer.resume, run_dir)
+        if previous is not None:
+            trainer.resume(previous["checkpoint"])
+            console.say(f"resuming {previous['checkpoint']} at step {trainer.step}")
+        tracker = start_tracking(settings, cfg, output_dir, run_hash, build.parameter_counts(model), previous)
+    except KbkError:
+        if not sweep:
+            shutil.rmtree(output_dir, ignore_errors=True)  # nothing half-written: the run never started
+        raise
+
+    if tracker is not None:
+        trainer.tracker = tracker
+        if previous is not None:
+            from kbk.tracking.resume import catch_up
+
+            catch_up(tracker, trainer.history)
+    write_json(run_dir / "run.json", {"run_id": getattr(tracker, "run_id", None), "output_dir": str(output_dir)})
+    with tracker if tracker is not None else contextlib.nullcontext():
+        if tracker is not None:
+            tracker.install_signal_handlers()
+        summary = trainer.fit()
+        summary["config_hash"] = run_hash
+        write_json(output_dir / "summary.json", summary)
+        if tracker is not None:
+            log_artifacts(tracker, cfg, settings, trainer, output_dir, summary)
+    console.print_summary(summary)
+    return objective(settings.optimized_metric, summary)
+
+
+def resume_point(resume: Any, run_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint to continue from (with its run.json: the MLflow run to continue), or None to start fresh."""
+    from kbk.errors import CheckpointError
+
+    if resume is False or resume is None:
+        return None
+    if resume is True:
+        checkpoint = run_dir / "last.pt"
+        if not checkpoint.is_file():
+            return None  # nothing to resume: start fresh (a sweep re-running a killed trial lands here)
+    else:
+        checkpoint = Path(str(resume)).expanduser()
+        if not checkpoint.is_file():
+            raise CheckpointError(f"trainer.resume={resume}: no such checkpoint file; pass the path of a last.pt "
+                                  f"that kbk wrote, or trainer.resume=true to find this config's own")
+    info_path = checkpoint.parent / "run.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    return {"checkpoint": checkpoint, **info}
+
+
+def start_tracking(settings, cfg: DictConfig, output_dir: Path, run_hash: str, counts: dict[str, Any],
+                   previous: dict[str, Any] | None):
+    """The MLflow run of this job (new, or the one being resumed), params logged; None with tracking=none."""
+    if settings.tracking.backend == "none":
+        return None
+    from kbk.paths import outputs_dir
+    from kbk.tracking.mlflow_tracker import MlflowTracker
+    from kbk.tracking.run_info import flatten, run_tags
+    from kbk.tracking.store import ensure_experiment, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(settings.tracking.uri, outputs_dir(settings.paths.outputs))
+    ensure_experiment(uri, settings.tracking.experiment)
+    tags = {**run_tags(identity(cfg), repo_dir=Path(__file__).resolve().parent, output_dir=output_dir),
+            "kbk.config_hash": run_hash}
+    trial = os.environ.get(ENV_TRIAL)
+    if os.environ.get(ENV_SWEEP):
+        tags["kbk.sweep"] = os.environ[ENV_SWEEP]
+    if trial:
+        tags["optuna.trial_number"] = trial
+    name = settings.tracking.run_name or (f"trial-{trial}" if trial else f"{settings.name}-{run_hash[:8]}")
+    tracker = MlflowTracker.start(
+        uri, settings.tracking.experiment, run_name=name, tags=tags,
+        parent_run_id=os.environ.get(ENV_PARENT_RUN) or None,
+        run_id=(previous or {}).get("run_id"),
+        flush_interval_s=None,  # flush after each checkpoint only, so the store matches what a resume replays
+    )
+    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    params.pop("trainer.resume", None)  # the one value that differs between a run and its resumption
+    params.update({k: str(v) for k, v in counts.items()})
+    tracker.log_params(params)
+    return tracker
+
+
+def log_artifacts(tracker, cfg: DictConfig, settings, trainer, output_dir: Path, summary: dict[str, Any]) -> None:
+    from kbk.koopman.diagnostics import plot_eigenvalues
+    from kbk.tracking.plots import plot_training_curves
+
+    tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    hydra_dir = output_dir / ".hydra"
+    if hydra_dir.is_dir():
+        tracker.log_artifact(hydra_dir, ".hydra")
+    plots = output_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    plot_training_curves(trainer.history, plots / "training_curves.png")
+    if trainer.has_koopman:
+        operators = {f"layer {i}": d.operator.detach().cpu() for i, d in enumerate(trainer.model.koopman_dynamics())}
+        plot_eigenvalues(operators, plots / "eigenvalues.png")
+    tracker.log_artifact(plots, "plots")
+    tracker.log_dict(summary, "summary.json")
+    if trainer.epoch_table:
+        tracker.log_dict({"epochs": trainer.epoch_table}, "epoch_table.json")
+    if settings.trainer.log_checkpoint and trainer.checkpoint_path is not None:
+        tracker.log_artifact(trainer.checkpoint_path, "checkpoints")
+
+
+def objective(metric: Any, summary: dict[str, Any]) -> float | list[float]:
+    names = [metric] if isinstance(metric, str) else list(metric)
+    missing = [n for n in names if n not in summary]
+    if missing:
+        from kbk.errors import ConfigError
+
+        raise ConfigError(f"optimized_metric names {missing}, which this run does not produce; it produces: "
+                          f"{', '.join(sorted(k for k in summary if '/' in k)[:40])}")
+    values = [float(summary[n]) for n in names]
+    return values[0] if isinstance(metric, str) else values
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,425 @@
+"""The hybrid Koopman–gradient trainer (plain PyTorch; talks to a tracker through `kbk.tracking.base.Tracker`).
+
+Phases follow the seed: gradient warm-up (language-model loss only), hybrid (LM loss + the scheduled Koopman loss,
+with DMD writing the operators), Koopman-dominant (the schedule at its maximum). Fallbacks, each counted and logged:
+a non-finite Koopman loss switches Koopman learning off for the rest of the run; a Koopman loss above
+`fallback_threshold` cuts its weight 10x for that step; a rejected DMD update keeps the operator; gradients are
+clipped at `grad_clip`; a non-finite LM loss skips the update, and `max_nan_steps` of them in a row stop training
+with `TrainingDiverged`.
+
+Determinism: every random draw of training comes from the global RNG, whose state is checkpointed with the data
+position; evaluation draws nothing from it. So a resumed run reproduces an uninterrupted one exactly on CPU, and
+changing the evaluation cadence does not change the training trajectory.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from kbk.data.batching import TokenBatches
+from kbk.errors import CheckpointError
+from kbk.koopman import diagnostics
+from kbk.models.koopman_lm import KoopmanResNetBKLM
+from kbk.tracking.base import NullTracker, Tracker
+from kbk.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from kbk.training.schedules import KoopmanWeightSchedule
+
+PHASE_CODES = {"gradient_warmup": 0, "hybrid": 1, "koopman_dominant": 2}
+
+
+class TrainingDiverged(RuntimeError):
+    """Training cannot go on (non-finite losses); the message has the step and the reason."""
+
+
+@dataclass
+class TrainerOptions:
+    epochs: int = 5
+    max_steps: int | None = None  # stop after this many optimiser steps even mid-epoch
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 0.5
+    eval_every: int | None = None  # steps between evaluations; None = at each epoch's end
+    eval_batches: int | None = None  # validation batches per evaluation; None = all
+    log_every: int = 10
+    checkpoint_every: int | None = None  # steps between checkpoints; None = at each evaluation
+    fallback_threshold: float = 10.0
+    max_nan_steps: int = 5
+    diagnostics_tokens: int = 512  # validation tokens used for the per-layer Koopman diagnostics
+    layerwise_eval: bool = True  # at the end: Koopman mode and layer-skip one layer at a time
+    device: str = "cpu"
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def safe_exp(x: float) -> float:
+    return math.exp(x) if x < 700 else math.inf
+
+
+class HybridTrainer:
+    def __init__(
+        self,
+        model: KoopmanResNetBKLM,
+        train_batches: TokenBatches,
+        val_batches: TokenBatches,
+        options: TrainerOptions | None = None,
+        schedule: KoopmanWeightSchedule | None = None,
+        tracker: Tracker | None = None,
+        checkpoint_path: str | Path | None = None,
+        loss_floor: float | None = None,
+        on_eval: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.options = options or TrainerOptions()
+        self.device = torch.device(self.options.device)
+        self.model = model.to(self.device)
+        self.train_batches = train_batches
+        self.val_batches = val_batches
+        self.schedule = schedule or KoopmanWeightSchedule()
+        self.tracker = tracker or NullTracker()
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+        self.loss_floor = loss_floor
+        self.on_eval = on_eval
+        self.optimizer = self._build_optimizer()
+        # Where training stands; all of it is checkpointed.
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.koopman_enabled = self.has_koopman
+        self.nan_streak = 0
+        self.events = {"nan_lm_skipped": 0, "koopman_disabled": 0, "koopman_weight_cut": 0, "dmd_accepted": 0,
+                       "dmd_rejected": 0}
+        self.epoch_sums: dict[str, float] = {}
+        self.window: dict[str, float] = {}
+        self.history: list[tuple[int, dict[str, float]]] = []
+        self.epoch_table: list[dict[str, float]] = []
+        self.train_seconds = 0.0
+        self.summary: dict[str, Any] | None = None  # set when training has finished
+
+    # ---------------------------------------------------------------- setup
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        # The Koopman operator never decays toward 0 (the seed's AdamW pulled K toward 0 while DMD pushed it to I).
+        operators = {id(d.operator) for d in self.model.koopman_dynamics()} if self.has_koopman else set()
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            (no_decay if id(p) in operators else decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.options.weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        return torch.optim.AdamW(groups, lr=self.options.lr)
+
+    def _forward(self, inputs: torch.Tensor, modes: str | list[str] = "standard", koopman_terms: bool = False):
+        """Logits and Koopman terms; a model without Koopman parts (the Transformer baseline) gives no terms."""
+        if isinstance(self.model, KoopmanResNetBKLM):
+            return self.model(inputs, modes=modes, koopman_terms=koopman_terms)
+        return self.model(inputs), []
+
+    @property
+    def has_koopman(self) -> bool:
+        return isinstance(self.model, KoopmanResNetBKLM) and self.model.has_koopman
+
+    @property
+    def total_steps(self) -> int:
+        per_epoch = len(self.train_batches) * self.options.epochs
+        return min(per_epoch, self.options.max_steps) if self.options.max_steps is not None else per_epoch
+
+    def progress(self) -> float:
+        """Where the weight schedule stands: the 0-based epoch, or the step, as the schedule counts."""
+        return float(self.epoch) if self.schedule.unit == "epoch" else float(self.step)
+
+    # ---------------------------------------------------------------- one step
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        model, opts = self.model, self.options
+        model.train()
+        t0 = time.perf_counter()
+        progress = self.progress()
+        collect = self.koopman_enabled and self.schedule.active(progress)
+        weight = self.schedule.weight(progress) if collect else 0.0
+        logits, terms = self._forward(inputs, koopman_terms=collect)
+        loss_lm = lm_loss(logits, targets)
+        metrics: dict[str, float] = {"train/loss_lm": loss_lm.item()}
+        if not torch.isfinite(loss_lm):
+            self.events["nan_lm_skipped"] += 1
+            self.nan_streak += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.nan_streak >= opts.max_nan_steps:
+                raise TrainingDiverged(
+                    f"the language-model loss was non-finite for {self.nan_streak} steps in a row (last at step "
+                    f"{self.step}): lower trainer.lr or raise trainer.max_nan_steps"
+                )
+            return metrics
+        self.nan_streak = 0
+        loss_total = loss_lm
+        if collect and terms:
+            loss_k = torch.stack([t["total"] for t in terms]).mean()
+            if not torch.isfinite(loss_k):
+                self.koopman_enabled = False
+                self.events["koopman_disabled"] = 1
+                weight, collect = 0.0, False
+            else:
+                if loss_k.item() > opts.fallback_threshold:
+                    weight /= 10.0
+                    self.events["koopman_weight_cut"] += 1
+                loss_total = loss_lm + weight * loss_k
+                for name in ("linear", "recon", "pred"):
+                    metrics[f"train/koopman_{name}"] = torch.stack([t[name] for t in terms]).mean().item()
+            metrics["train/loss_koopman"] = loss_k.item()
+        else:
+            metrics["train/loss_koopman"] = 0.0
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
+        self.optimizer.step()
+        if collect:
+            metrics["perf/dmd_ms"] = self._update_operators(terms)
+        step_s = time.perf_counter() - t0
+        self.train_seconds += step_s
+        metrics.update({
+            "train/loss_total": loss_total.item(),
+            "train/koopman_weight": weight,
+            "train/phase": float(PHASE_CODES[self.schedule.phase(progress)]),
+            "perf/step_ms": 1000.0 * step_s,
+            "perf/tokens_per_s": inputs.numel() / step_s,
+        })
+        return metrics
+
+    @torch.no_grad()
+    def _update_operators(self, terms: list[dict[str, torch.Tensor]]) -> float:
+        """Feed the DMD buffers and let DMD write the operators it owns; returns the time it took (ms)."""
+        t0 = time.perf_counter()
+        owner = self.model.koopman_options.operator_update
+        for dyn, t in zip(self.model.koopman_dynamics(), terms, strict=True):
+            dyn.dmd.push(t["z"], t["z_next"])
+            if owner == "gradient":
+                continue
+            accepted = dyn.dmd.step(dyn.operator)
+            if accepted is None:
+                continue
+            self.events["dmd_accepted" if accepted else "dmd_rejected"] += 1
+            if accepted and owner == "both":
+                # Adam's moments describe the operator before DMD moved it: start them afresh.
+                self.optimizer.state.pop(dyn.operator, None)
+        return 1000.0 * (time.perf_counter() - t0)
+
+    # ---------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, modes: str | list[str] = "standard") -> float:
+        """Mean validation cross-entropy (nats/token) with the blocks in `modes`."""
+        self.model.eval()
+        total, count = 0.0, 0
+        for j, (inputs, targets) in enumerate(self.val_batches.epoch(0)):
+            if self.options.eval_batches is not None and j >= self.options.eval_batches:
+                break
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            logits, _ = self._forward(inputs, modes=modes)
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum").item()
+            count += targets.numel()
+        return total / count
+
+    @torch.no_grad()
+    def koopman_diagnostics(self) -> dict[str, float]:
+        """Per-layer operator and prediction diagnostics on the first validation tokens (no RNG drawn)."""
+        self.model.eval()
+        inputs, _ = next(iter(self.val_batches.epoch(0)))
+        inputs = inputs.to(self.device)
+        m = min(self.options.diagnostics_tokens, inputs.numel())
+        sample = torch.arange(m, device=self.device)
+        x = self.model.token_embedding(inputs) + self.model.position_embedding(
+            torch.arange(inputs.shape[1], device=self.device))
+        out: dict[str, float] = {}
+        for layer, block in enumerate(self.model.blocks):
+            x_next, t = block(x, sample=sample)
+            dyn = block.koopman
+            stats = diagnostics.koopman_operator_stats(dyn.operator, dyn.initial_operator, t["z"], t["z_next"])
+            nxt = t["u"] + t["delta"]
+            delta_norm = t["delta"].norm().clamp_min(1e-12)
+            stats["state_rel_err"] = (dyn.unlift(dyn.advance(t["z"])) - nxt).norm().item() / delta_norm.item()
+            stats["state_rel_err_identity"] = (dyn.unlift(t["z"]) - nxt).norm().item() / delta_norm.item()
+            stats["recon_rel_err"] = ((dyn.unlift(t["z_next"]) - nxt).norm() / nxt.norm().clamp_min(1e-12)).item()
+            stats["lift_saturation"] = diagnostics.saturation_fraction(dyn.lift[1](dyn.lift[0](t["u"])))
+            estimate = dyn.dmd.estimate()
+            if estimate is not None:
+                k = dyn.operator.to(estimate.dtype)
+                stats["dmd_disagreement"] = ((k - estimate).norm() / k.norm()).item()
+            stats.update({f"dmd_{k}": float(v) for k, v in dyn.dmd.stats().items()})
+            out.update({f"koopman/{layer}/{name}": float(v) for name, v in stats.items()})
+            x = x_next
+        return out
+
+    def evaluation_metrics(self, final: bool = False) -> dict[str, float]:
+        val_loss = self.evaluate("standard")
+        metrics = {"val/loss": val_loss, "val/ppl": safe_exp(val_loss)}
+        if self.loss_floor is not None:
+            metrics["val/loss_floor"] = self.loss_floor
+            metrics["val/ppl_floor"] = safe_exp(self.loss_floor)
+        if self.has_koopman:
+            k_loss = self.evaluate("koopman")
+            metrics.update({"val/loss_koopman": k_loss, "val/ppl_koopman": safe_exp(k_loss)})
+            metrics.update(self.koopman_diagnostics())
+            if final and self.options.layerwise_eval:
+                n = len(self.model.blocks)
+                for layer in range(n):
+                    for mode in ("koopman", "skip"):
+                        modes = ["standard"] * n
+                        modes[layer] = mode
+                        metrics[f"koopman/{layer}/val_ppl_{mode}_only"] = safe_exp(self.evaluate(modes))
+        return metrics
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self) -> dict[str, Any]:
+        """Train to the end (or to `max_steps`), evaluating and checkpointing on the way; returns the summary."""
+        if self.summary is not None:  # resumed from the checkpoint of a finished run: nothing left to do
+            return self.summary
+        opts = self.options
+        eval_metrics: dict[str, float] = {}
+        while self.epoch < opts.epochs and not self._out_of_steps():
+            for inputs, targets in self.train_batches.epoch(self.epoch, start_batch=self.batch_in_epoch):
+                metrics = self.train_step(inputs.to(self.device), targets.to(self.device))
+                self.step += 1
+                self.batch_in_epoch += 1
+                self._accumulate(metrics)
+                if self.step % opts.log_every == 0:
+                    self._log_window()
+                evaluated = False
+                if opts.eval_every is not None and self.step % opts.eval_every == 0:
+                    eval_metrics = self._evaluate_and_report()
+                    evaluated = True
+                if (opts.checkpoint_every is not None and self.step % opts.checkpoint_every == 0) or (
+                    opts.checkpoint_every is None and evaluated
+                ):
+                    self.save()
+                if self._out_of_steps():
+                    break
+            if self.batch_in_epoch >= len(self.train_batches):  # the epoch ran to its end
+                self._log_window()
+                if opts.eval_every is None:
+                    eval_metrics = self._evaluate_and_report()
+                self._close_epoch(eval_metrics)
+                self.save()
+        self._log_window()
+        final = self.evaluation_metrics(final=True)
+        self._log(final)
+        summary = {**final, **{f"events/{k}": float(v) for k, v in self.events.items()}, "steps": self.step,
+                   "train_seconds": self.train_seconds, "tokens": self.step * self._tokens_per_step()}
+        self.summary = summary
+        self.save()
+        return summary
+
+    def _out_of_steps(self) -> bool:
+        return self.options.max_steps is not None and self.step >= self.options.max_steps
+
+    def _tokens_per_step(self) -> int:
+        return self.train_batches.batch_size * self.train_batches.n_seq
+
+    def _accumulate(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.window[key] = self.window.get(key, 0.0) + value
+            self.epoch_sums[key] = self.epoch_sums.get(key, 0.0) + value
+        self.window["_n"] = self.window.get("_n", 0.0) + 1
+        self.epoch_sums["_n"] = self.epoch_sums.get("_n", 0.0) + 1
+
+    def _log_window(self) -> None:
+        n = self.window.pop("_n", 0.0)
+        if n:
+            self._log({k: v / n for k, v in self.window.items()})
+        self.window = {}
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        self.history.append((self.step, dict(metrics)))
+        self.tracker.log_metrics(metrics, step=self.step)
+
+    def _evaluate_and_report(self) -> dict[str, float]:
+        metrics = self.evaluation_metrics()
+        metrics.update({f"events/{k}": float(v) for k, v in self.events.items()})
+        self._log(metrics)
+        if self.on_eval is not None:
+            recent = next((m for _, m in reversed(self.history) if "train/loss_lm" in m), {})
+            self.on_eval({"step": self.step, "epoch": self.epoch, "total_steps": self.total_steps, **recent,
+                          **metrics, "train_seconds": self.train_seconds})
+        self.tracker.report(metrics["val/ppl"], self.step)
+        return metrics
+
+    def _close_epoch(self, eval_metrics: dict[str, float]) -> None:
+        """The seed's per-epoch table: train loss, LM loss, Koopman loss, val loss/PPL, Koopman weight, time."""
+        n = max(self.epoch_sums.get("_n", 0.0), 1.0)
+        row = {
+            "epoch": float(self.epoch + 1),
+            "train_loss": self.epoch_sums.get("train/loss_total", 0.0) / n,
+            "loss_lm": self.epoch_sums.get("train/loss_lm", 0.0) / n,
+            "loss_koopman": self.epoch_sums.get("train/loss_koopman", 0.0) / n,
+            "koopman_weight": self.epoch_sums.get("train/koopman_weight", 0.0) / n,
+            "time_s": self.epoch_sums.get("perf/step_ms", 0.0) / 1000.0,
+        }
+        for key in ("val/loss", "val/ppl", "val/loss_koopman", "val/ppl_koopman"):
+            if key in eval_metrics:
+                row[key.replace("/", "_")] = eval_metrics[key]
+        self.epoch_table.append(row)
+        self._log({f"epoch/{k}": v for k, v in row.items()})
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.epoch_sums = {}
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "options": asdict(self.options),
+            "position": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch},
+            "koopman_enabled": self.koopman_enabled,
+            "nan_streak": self.nan_streak,
+            "events": dict(self.events),
+            "epoch_sums": dict(self.epoch_sums),
+            "window": dict(self.window),
+            "history": list(self.history),
+            "epoch_table": list(self.epoch_table),
+            "train_seconds": self.train_seconds,
+            "summary": self.summary,
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        pos = state["position"]
+        self.step, self.epoch, self.batch_in_epoch = pos["step"], pos["epoch"], pos["batch_in_epoch"]
+        self.koopman_enabled = state["koopman_enabled"]
+        self.nan_streak = state["nan_streak"]
+        self.events = dict(state["events"])
+        self.epoch_sums = dict(state["epoch_sums"])
+        self.window = dict(state["window"])
+        self.history = list(state["history"])
+        self.epoch_table = list(state["epoch_table"])
+        self.train_seconds = state["train_seconds"]
+        self.summary = state["summary"]
+        set_rng_state(state["rng"])
+
+    def save(self) -> Path | None:
+        """Checkpoint (atomically) and then let the tracker flush what it buffered up to this point."""
+        if self.checkpoint_path is None:
+            return None
+        path = save_checkpoint(self.state_dict(), self.checkpoint_path)
+        self.tracker.flush()
+        return path
+
+    def resume(self, path: str | Path | None = None) -> None:
+        """Continue from a checkpoint; one that does not fit this model and trainer is a `CheckpointError`."""
+        path = path or self.checkpoint_path
+        state = load_checkpoint(path, map_location=self.device)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this configuration ({type(exc).__name__}: {str(exc)[:300]}); "
+                f"resume with the config it was written with, or set trainer.resume=false to start fresh"
+            ) from exc

@@ -1,0 +1,156 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kbk.models.koopman_lm import KoopmanOptions, KoopmanResNetBKLM, initial_operator
+from kbk.models.moe import SparseMoE
+
+SEED_SHAPE = dict(vocab_size=30_000, d_model=64, n_layers=4, n_seq=128, num_experts=4, top_k=1)
+
+
+def tiny(koopman=KoopmanOptions(dim=16, sample_tokens=None), **kw):
+    torch.manual_seed(0)
+    args = dict(vocab_size=50, d_model=16, n_layers=2, n_seq=12, num_experts=3, top_k=1, dropout=0.0)
+    args.update(kw)
+    return KoopmanResNetBKLM(**args, koopman=koopman)
+
+
+def test_seed_configuration_has_the_seeds_parameter_count():
+    # The seed's Colab table: 5,066,952 parameters with the operator as a parameter (K trained by gradient too).
+    model = KoopmanResNetBKLM(**SEED_SHAPE, koopman=KoopmanOptions(dim=256, operator_update="both"))
+    assert model.num_parameters() == 5_066_952
+    # Owned by DMD alone, K is a buffer: four 256x256 operators fewer.
+    dmd_owned = KoopmanResNetBKLM(**SEED_SHAPE, koopman=KoopmanOptions(dim=256, operator_update="dmd"))
+    assert dmd_owned.num_parameters() == 5_066_952 - 4 * 256 * 256
+    assert KoopmanResNetBKLM(**SEED_SHAPE, koopman=None).num_parameters() == 5_066_952 - 4 * 230_208
+
+
+def test_moe_top1_matches_a_dense_reference():
+    torch.manual_seed(1)
+    moe = SparseMoE(8, num_experts=3, top_k=1, dropout=0.0)
+    x = torch.randn(2, 5, 8)
+    probs = F.softmax(moe.router(x), dim=-1)
+    best = probs.argmax(-1)
+    dense = torch.stack([e(x) for e in moe.experts], dim=-2)  # (2, 5, 3, 8)
+    expected = dense.gather(-2, best[..., None, None].expand(2, 5, 1, 8)).squeeze(-2) * probs.max(-1).values[..., None]
+    torch.testing.assert_close(moe(x), expected)
+
+
+def test_moe_top2_routes_to_two_experts():
+    torch.manual_seed(2)
+    moe = SparseMoE(8, num_experts=4, top_k=2, dropout=0.0)
+    x = torch.randn(3, 8)
+    probs = F.softmax(moe.router(x), dim=-1)
+    gate, idx = probs.topk(2, dim=-1)
+    expected = sum(torch.stack([moe.experts[int(idx[t, s])](x[t]) * gate[t, s] for t in range(3)]) for s in range(2))
+    torch.testing.assert_close(moe(x), expected)
+
+
+@pytest.mark.parametrize("t", [0, 5, 11])
+def test_causal_model_never_sees_later_tokens(t):
+    model = tiny(causal=True).eval()
+    idx = torch.randint(0, 50, (2, 12))
+    changed = idx.clone()
+    changed[:, t] = (changed[:, t] + 7) % 50
+    a, _ = model(idx)
+    b, _ = model(changed)
+    torch.testing.assert_close(a[:, :t], b[:, :t], rtol=0, atol=0)
+    assert not torch.allclose(a[:, t], b[:, t])
+
+
+def test_seed_bidirectional_bk_core_leaks_the_next_token():
+    # The seed's BK-Core diagonal depends on every position's potential: position t-1's logits move when token t does.
+    model = tiny(causal=False).eval()
+    idx = torch.randint(0, 50, (2, 12))
+    changed = idx.clone()
+    changed[:, 6] = (changed[:, 6] + 7) % 50
+    a, _ = model(idx)
+    b, _ = model(changed)
+    assert (a[:, 5] - b[:, 5]).abs().max() > 1e-6
+
+
+def test_operator_convention_is_column_vectors_everywhere():
+    model = tiny()
+    dyn = model.blocks[0].koopman
+    k = torch.randn(16, 16)
+    with torch.no_grad():
+        dyn.operator.copy_(k)
+    z = torch.randn(5, 16)
+    torch.testing.assert_close(dyn.advance(z), (k @ z.T).T)
+    # Koopman mode: x + ψ(K φ(LN x)) − LN x
+    x = torch.randn(1, 4, 16)
+    u = model.blocks[0].norm(x)
+    out, _ = model.blocks[0](x, mode="koopman")
+    torch.testing.assert_close(out, x + dyn.unlift(dyn.lift(u) @ k.T) - u)
+
+
+def test_koopman_terms_match_their_definitions():
+    model = tiny()
+    block = model.blocks[0]
+    dyn = block.koopman
+    x = torch.randn(2, 6, 16)
+    _, t = block(x, sample=torch.arange(12))
+    u = block.norm(x).reshape(-1, 16)
+    nxt = u + block.layer(block.norm(x)).reshape(-1, 16)
+    z, zn = dyn.lift(u), dyn.lift(nxt)
+    torch.testing.assert_close(t["linear"], ((zn - z @ dyn.operator.T) ** 2).mean())
+    torch.testing.assert_close(t["recon"], ((dyn.unlift(zn) - nxt) ** 2).mean())
+    torch.testing.assert_close(t["pred"], ((dyn.unlift(z @ dyn.operator.T) - nxt) ** 2).mean())
+    torch.testing.assert_close(t["total"], t["linear"] + t["recon"] + t["pred"])
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_detach_backbone_decides_whether_koopman_terms_move_the_lm(detach):
+    model = tiny(koopman=KoopmanOptions(dim=16, sample_tokens=None, detach_backbone=detach))
+    _, terms = model(torch.randint(0, 50, (2, 12)), koopman_terms=True)
+    torch.stack([t["total"] for t in terms]).sum().backward()
+    backbone_grad = model.blocks[0].layer.v_proj.weight.grad
+    assert model.blocks[0].koopman.lift[0].weight.grad.abs().sum() > 0
+    if detach:
+        assert backbone_grad is None
+    else:
+        assert backbone_grad is not None and backbone_grad.abs().sum() > 0
+
+
+def test_sample_tokens_limits_the_koopman_rows():
+    model = tiny(koopman=KoopmanOptions(dim=16, sample_tokens=7))
+    _, terms = model(torch.randint(0, 50, (2, 12)), koopman_terms=True)
+    assert all(t["z"].shape == (7, 16) for t in terms)
+    model = tiny(koopman=KoopmanOptions(dim=16, sample_tokens=None))
+    _, terms = model(torch.randint(0, 50, (2, 12)), koopman_terms=True)
+    assert all(t["z"].shape == (24, 16) for t in terms)
+
+
+def test_operator_ownership():
+    assert isinstance(tiny(koopman=KoopmanOptions(dim=8, operator_update="gradient")).blocks[0].koopman.operator,
+                      torch.nn.Parameter)
+    dmd_owned = tiny(koopman=KoopmanOptions(dim=8, operator_update="dmd")).blocks[0].koopman
+    assert not isinstance(dmd_owned.operator, torch.nn.Parameter)
+    assert "operator" in dict(dmd_owned.named_buffers())
+
+
+def test_initial_operator_spectral_radius_starts_near_one():
+    torch.manual_seed(0)
+    for k in (128, 256, 512):
+        radius = torch.linalg.eigvals(initial_operator(k, "identity_noise", 0.01)).abs().max().item()
+        assert abs(radius - 1.0) < 0.02  # the seed's I + 0.01·randn had ≈ 1 + 0.01·√k: 1.12 … 1.22
+        seed_radius = torch.linalg.eigvals(torch.eye(k) + 0.01 * torch.randn(k, k)).abs().max().item()
+        assert seed_radius > 1.08
+    ortho = torch.linalg.eigvals(initial_operator(64, "orthogonal", 0.0)).abs()
+    torch.testing.assert_close(ortho, torch.ones(64), atol=1e-5, rtol=0)
+
+
+def test_skip_mode_is_the_identity_and_modes_are_per_layer():
+    model = tiny().eval()
+    idx = torch.randint(0, 50, (1, 12))
+    x = model.token_embedding(idx) + model.position_embedding(torch.arange(12))
+    expected = model.lm_head(model.final_norm(model.blocks[1](x)[0]))
+    logits, _ = model(idx, modes=["skip", "standard"])
+    torch.testing.assert_close(logits, expected)
+
+
+def test_bad_options_name_the_problem():
+    with pytest.raises(ValueError, match="dim must be > 0"):
+        KoopmanOptions(dim=0)
+    with pytest.raises(ValueError, match="operator_update"):
+        KoopmanOptions(operator_update="adam")
