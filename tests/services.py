@@ -4,7 +4,7 @@ free loopback port with its files under a temporary folder, a bounded start-up t
     with mlflow_server(tmp_path) as server:        # server.uri == "http://127.0.0.1:<port>"
         ...
     with postgres_server() as pg:                   # pg.url == "postgresql://kbk@127.0.0.1:<port>/kbk"
-        ...
+        ...                                         # pg.sqlalchemy_url: for Optuna and MLflow
 
 `ServiceUnavailable` means the service cannot be started on this machine at all (binaries missing, no
 unprivileged user to run PostgreSQL as root): tests skip on it, with its message as the reason. Any other
@@ -93,18 +93,21 @@ def _healthy(url: str) -> bool:
 
 @contextlib.contextmanager
 def mlflow_server(
-    base_dir: str | Path, start_timeout_s: float = 90.0, job_execution: bool = False
+    base_dir: str | Path,
+    start_timeout_s: float = 90.0,
+    job_execution: bool = False,
+    backend_store_uri: str | None = None,
 ) -> Iterator[MlflowServer]:
     """`mlflow server` on 127.0.0.1:<free port> with SQLite backend `base_dir/server/mlflow.db`, proxied
     artifacts in `base_dir/server/artifacts` and one worker. Ready when `/health` answers 200; stopped (its
     whole process group) on exit.
 
-    MLflow's background job runner (about seven huey processes, for GenAI jobs) is off unless
-    `job_execution`."""
+    `backend_store_uri` replaces the SQLite file (e.g. a `postgres_server().url`). MLflow's background job
+    runner (about seven huey processes, for GenAI jobs) is off unless `job_execution`."""
     base = Path(base_dir).resolve() / "server"
     artifacts = base / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
-    backend = f"sqlite:///{base / 'mlflow.db'}"
+    backend = backend_store_uri or f"sqlite:///{base / 'mlflow.db'}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if job_execution else "false"
@@ -152,13 +155,19 @@ def mlflow_server(
 
 @dataclass
 class PostgresServer:
-    url: str
+    url: str  # libpq form, for psycopg2.connect(url)
     host: str
     port: int
     user: str
     dbname: str
     data_dir: Path
     log_path: Path
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The URL for SQLAlchemy users (Optuna's RDB storage, MLflow), naming the driver: SQLAlchemy 2.1 maps
+        a bare `postgresql://` to psycopg 3, which is not installed; psycopg2 is."""
+        return self.url.replace("postgresql://", "postgresql+psycopg2://", 1)
 
 
 def postgres_bin_dir() -> Path:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -85,6 +86,10 @@ def test_resolve_tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert resolve_tracking_uri("http://127.0.0.1:5000/", outputs) == "http://127.0.0.1:5000"
     assert resolve_tracking_uri("https://mlflow.example.org", outputs) == "https://mlflow.example.org"
     assert resolve_tracking_uri("postgresql+psycopg2://u@h/db", outputs) == "postgresql+psycopg2://u@h/db"
+    if (
+        importlib.util.find_spec("psycopg") is None
+    ):  # kbk installs psycopg2; SQLAlchemy 2.1 defaults to psycopg 3
+        assert resolve_tracking_uri("postgresql://u@h/db", outputs) == "postgresql+psycopg2://u@h/db"
     for memory in ("sqlite://", "sqlite:///:memory:"):
         with pytest.raises(TrackingError, match="in-memory"):
             resolve_tracking_uri(memory, outputs)

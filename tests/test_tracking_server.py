@@ -107,3 +107,25 @@ def test_postgres_fixture_accepts_connections():
     assert not pg.data_dir.exists()  # the cluster is deleted
     with socket.socket() as sock:  # and the server is gone
         assert sock.connect_ex(("127.0.0.1", pg.port)) != 0
+
+
+def test_tracking_server_on_a_postgresql_backend(tmp_path: Path):
+    """The cluster setup of SWEEPS.md: many writers go through one `mlflow server` backed by PostgreSQL."""
+    from mlflow import MlflowClient
+
+    pytest.importorskip("psycopg2", reason="MLflow needs psycopg2 for a postgresql:// backend")
+    with contextlib.ExitStack() as stack:
+        try:
+            pg = stack.enter_context(postgres_server(dbname="mlflow"))
+        except ServiceUnavailable as e:
+            pytest.skip(str(e))
+        server = stack.enter_context(mlflow_server(tmp_path, backend_store_uri=pg.sqlalchemy_url))
+        ensure_experiment(server.uri, "on-postgres")
+        with MlflowTracker.start(server.uri, "on-postgres", "pg-run") as tracker:
+            tracker.log_params({"koopman": {"dim": 32}})
+            for step in range(1200):
+                tracker.log_metrics({"train/loss_lm": 1.0 / (step + 1)}, step=step)
+        fresh = MlflowClient(tracking_uri=server.uri)
+        assert fresh.get_run(tracker.run_id).data.params == {"koopman.dim": "32"}
+        history = fresh.get_metric_history(tracker.run_id, "train/loss_lm")
+        assert sorted((m.step, m.value) for m in history) == [(s, 1.0 / (s + 1)) for s in range(1200)]

@@ -31,10 +31,16 @@ def make_trainer(tmp_path=None, operator_update="both", dim=12, tracker=None, ep
                                                      dmd={"buffer_size": 30, "alpha": 0.5}))
     train = TokenBatches(stream(1, 16 * 40 + 1), n_seq=16, batch_size=4, seed=5)
     val = TokenBatches(stream(2, 16 * 8 + 1), n_seq=16, batch_size=4, shuffle=False)
-    options = TrainerOptions(epochs=epochs, max_steps=max_steps, lr=3e-3, eval_every=4, log_every=2, **opts)
+    opts.setdefault("lr", 3e-3)
+    options = TrainerOptions(epochs=epochs, max_steps=max_steps, eval_every=4, log_every=2, **opts)
     schedule = schedule or KoopmanWeightSchedule("linear", 0.0, 0.5, warmup=3, total=15, unit="step")
     path = tmp_path / "ckpt.pt" if tmp_path is not None else None
     return HybridTrainer(model, train, val, options, schedule, tracker=tracker, checkpoint_path=path)
+
+
+def without_timings(history):
+    timing = lambda k: k.startswith("perf/") or k.endswith("time_s")  # noqa: E731
+    return [(step, {k: v for k, v in m.items() if not timing(k)}) for step, m in history]
 
 
 class CrashAt(NullTracker):
@@ -51,7 +57,7 @@ class CrashAt(NullTracker):
 
 
 def test_training_learns_and_logs_the_contract_metric_names():
-    trainer = make_trainer()
+    trainer = make_trainer(epochs=4, lr=1e-2)
     summary = trainer.fit()
     first_eval = next(m for _, m in trainer.history if "val/loss" in m)
     assert summary["val/loss"] < first_eval["val/loss"] - 0.3
@@ -61,7 +67,7 @@ def test_training_learns_and_logs_the_contract_metric_names():
                  "val/ppl", "val/ppl_koopman", "perf/tokens_per_s", "perf/step_ms", "koopman/0/spectral_radius",
                  "koopman/1/state_rel_err", "koopman/0/val_ppl_skip_only", "koopman/0/val_ppl_koopman_only"):
         assert name in logged, name
-    assert len(trainer.epoch_table) == 2 and trainer.epoch_table[0]["epoch"] == 1.0
+    assert len(trainer.epoch_table) == 4 and trainer.epoch_table[0]["epoch"] == 1.0
     assert summary["events/dmd_accepted"] > 0
 
 
@@ -93,9 +99,9 @@ def test_resumed_run_reproduces_the_uninterrupted_run_exactly(tmp_path):
     got = resumed.fit()
     assert got["val/loss"] == expected["val/loss"]
     assert got["val/ppl_koopman"] == expected["val/ppl_koopman"]
-    assert resumed.history == uninterrupted.history  # every logged metric, at every step
+    assert without_timings(resumed.history) == without_timings(uninterrupted.history)  # every metric, every step
     for a, b in zip(resumed.model.state_dict().values(), uninterrupted.model.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
 
 
 def test_evaluation_cadence_does_not_change_the_training_trajectory():

@@ -1,7 +1,9 @@
 """BK-Core: the diagonal of a tridiagonal resolvent, exact, O(N), batched, with an exact custom backward.
 
 For the Hamiltonian ``H`` with diagonal ``diag`` (in the model ``-2 + v``) and all off-diagonals 1, and a
-shift ``z`` with ``Im z > 0``, the BK-Core returns ``G_ii = [(H - zI)^{-1}]_ii`` for every row of a batch.
+shift ``z`` with ``Im z > 0``, the BK-Core returns ``G_ii = [(H - zI)^{-1}]_ii`` for every row of a batch
+(``resolvent_diagonal``), or the causal variant ``[(H[:i+1, :i+1] - zI)^{-1}]_ii`` = ``left[i]`` below
+(``causal_resolvent_diagonal``), which depends on positions <= i only.
 
 Maths (KOOPMAN.md, "BK-Core: exact and O(N)"). Write ``T = H - zI`` with diagonal ``a_i = diag_i - z`` and let
 ``θ_i`` be its leading principal minors and ``φ_i`` its trailing ones. They grow exponentially with N, so only
@@ -31,19 +33,19 @@ Speed: a Python loop over N positions is too slow, so every recurrence is a chun
 chunks of ``_CHUNK`` positions; (1) run all chunks at once, a loop over the position inside the chunk, to get
 each chunk's composed map; (2) combine the chunk maps with a log-depth Hillis-Steele scan to get every chunk's
 incoming value; (3) rerun the recurrence inside all chunks from their incoming values. Steps (1) and (3) are
-O(N) work, step (2) O((N/_CHUNK) log(N/_CHUNK)) on tensors _CHUNK times smaller; Python runs ``2 * _CHUNK``
-loop steps plus ``log2(N / _CHUNK)`` scan steps, each a few vectorised ops over the whole batch. Step (3) is
-exactly the sequential recurrence, so the result matches a plain loop to rounding.
-``experiments/benchmarks/bk_core.py`` compares this with a full-length Hillis-Steele scan over 2x2 Möbius maps
-(about 2x slower at N = 4096, ~N log N work), plain loops, and other chunk sizes (8 to 32 are within noise of
-each other; 16 is the compromise between short and long rows).
+O(N) work, step (2) O((N/_CHUNK) log(N/_CHUNK)) on tensors _CHUNK times smaller; Python runs a few loops
+of ``_CHUNK`` steps plus ``log2(N / _CHUNK)`` scan steps, each a few vectorised ops over the whole batch.
+Step (3) is exactly the sequential recurrence, so the result matches a plain loop to rounding, also in
+complex64 near the real axis. ``experiments/benchmarks/bk_core.py`` compares this with a full-length
+Hillis-Steele scan (about 2x slower at N = 4096, ~N log N work), plain loops, and other chunk sizes (8 to 32
+are within noise of each other; 16 is the compromise between short and long rows).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["resolvent_diagonal"]
+__all__ = ["causal_resolvent_diagonal", "resolvent_diagonal"]
 
 # Positions per chunk of the chunked scans (see the module docstring; chosen by measurement).
 _CHUNK = 16
@@ -73,17 +75,34 @@ def resolvent_diagonal(
     Returns:
         complex tensor of ``diag``'s shape: ``G_ii`` for every row.
     """
+    return _apply(diag, z, grad, dtype, causal=False)
+
+
+def causal_resolvent_diagonal(
+    diag: torch.Tensor, z: complex = 1j, grad: str = "exact", dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Causal BK-Core: ``[(H[:i+1, :i+1] - zI)^{-1}]_ii`` at position i, a function of ``diag[:i+1]`` only.
+
+    The leading block ends at i, so this is ``θ_{i-1}/θ_i = left[i]``: the left-to-right continued fraction
+    alone (the bidirectional :func:`resolvent_diagonal` lets position i see every later position). Same
+    arguments and dtypes as :func:`resolvent_diagonal`. The exact gradient is
+    ``dL/d diag_j = -Re Σ_{i>=j} conj(g_i) (G^(i)_ij)^2`` with ``G^(i)_ij = ±Π_{k=j..i} left[k]``, one
+    suffix sum; ``"seed_blend"`` applies the same per-position heuristic as :func:`resolvent_diagonal` to
+    these values.
+    """
+    return _apply(diag, z, grad, dtype, causal=True)
+
+
+def _apply(diag, z, grad, dtype, causal):
     z = complex(z)
     if not z.imag > 0:
         raise ValueError(
-            f"resolvent_diagonal needs Im z > 0 (the resolvent may not exist on the real axis); got z={z}"
+            f"the BK-Core needs Im z > 0 (the resolvent may not exist on the real axis); got z={z}"
         )
     if diag.is_complex() or not diag.is_floating_point():
-        raise ValueError(f"resolvent_diagonal needs a real floating-point diag; got {diag.dtype}")
+        raise ValueError(f"the BK-Core needs a real floating-point diag; got {diag.dtype}")
     if diag.dim() < 1 or diag.shape[-1] == 0:
-        raise ValueError(
-            f"resolvent_diagonal needs diag of shape (..., N) with N >= 1; got {tuple(diag.shape)}"
-        )
+        raise ValueError(f"the BK-Core needs diag of shape (..., N) with N >= 1; got {tuple(diag.shape)}")
     if dtype is None:
         dtype = torch.complex128 if diag.dtype == torch.float64 else torch.complex64
     if dtype not in (torch.complex64, torch.complex128):
@@ -95,12 +114,16 @@ def resolvent_diagonal(
     else:
         raise ValueError(f"grad must be 'exact' or 'seed_blend'; got {grad!r}")
     shape = diag.shape
-    return fn.apply(diag.reshape(-1, shape[-1]), z, dtype).reshape(shape)
+    return fn.apply(diag.reshape(-1, shape[-1]), z, dtype, causal).reshape(shape)
 
 
-def _forward(diag: torch.Tensor, z: complex, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """G (B, N) and the ratios (2B, N): rows [:B] are left[i], rows [B:] are right[N-1-i]."""
+def _forward(diag, z, dtype, causal) -> tuple[torch.Tensor, torch.Tensor]:
+    """G (B, N) and the ratios the backward needs: left (B, N) if causal, else (2B, N) with rows [:B] left[i]
+    and rows [B:] right[N-1-i]."""
     a = diag.to(dtype) - z
+    if causal:
+        left = _ratio_scan(a)
+        return left, left
     ratios = _ratio_scan(torch.cat([a, a.flip(-1)]))
     b = a.shape[0]
     left, right = ratios[:b], ratios[b:].flip(-1)
@@ -111,33 +134,42 @@ def _forward(diag: torch.Tensor, z: complex, dtype: torch.dtype) -> tuple[torch.
     return torch.reciprocal(denom), ratios
 
 
+def _shifted_squares(ratios: torch.Tensor) -> torch.Tensor:
+    """m[:, j] = ratios[:, j-1]^2, m[:, 0] = 0: the multipliers of the gradient's affine recurrences."""
+    m = torch.zeros_like(ratios)
+    m[:, 1:] = ratios[:, :-1].square()
+    return m
+
+
 class _ExactResolventDiagonal(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, diag, z, dtype):
-        G, ratios = _forward(diag, z, dtype)
+    def forward(ctx, diag, z, dtype, causal):
+        G, ratios = _forward(diag, z, dtype, causal)
         ctx.save_for_backward(G, ratios)
-        ctx.real_dtype = diag.dtype
+        ctx.real_dtype, ctx.causal = diag.dtype, causal
         return G
 
     @staticmethod
     def backward(ctx, grad_G):
         G, ratios = ctx.saved_tensors
-        b = G.shape[0]
         h = grad_G.to(G.dtype).conj()
-        # Prefix sums A on rows [:B], suffix sums C (reversed) on rows [B:]: one affine scan with
-        # m_j = ratios[j-1]^2 on both halves.
-        m = torch.zeros_like(ratios)
-        m[:, 1:] = ratios[:, :-1].square()
-        sums = _affine_scan(m, torch.cat([h, h.flip(-1)]))
-        total = sums[:b] + sums[b:].flip(-1) - h  # Σ_i conj(g_i) (G_ij / G_jj)^2
+        if ctx.causal:
+            # Y_j = conj g_j + left[j+1]^2 Y_{j+1} (= Σ_{i>=j} conj g_i (G^(i)_ij / left[j])^2), run reversed.
+            total = _affine_scan(_shifted_squares(ratios.flip(-1)), h.flip(-1)).flip(-1)
+        else:
+            # Prefix sums A on rows [:B], suffix sums C (reversed) on rows [B:]: one affine scan, the same
+            # multipliers ratios[j-1]^2 on both halves.
+            b = G.shape[0]
+            sums = _affine_scan(_shifted_squares(ratios), torch.cat([h, h.flip(-1)]))
+            total = sums[:b] + sums[b:].flip(-1) - h  # Σ_i conj(g_i) (G_ij / G_jj)^2
         grad_diag = -(G.square() * total).real
-        return grad_diag.to(ctx.real_dtype), None, None
+        return grad_diag.to(ctx.real_dtype), None, None, None
 
 
 class _SeedBlendResolventDiagonal(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, diag, z, dtype):
-        G, _ = _forward(diag, z, dtype)
+    def forward(ctx, diag, z, dtype, causal):
+        G, _ = _forward(diag, z, dtype, causal)
         ctx.save_for_backward(G)
         ctx.real_dtype = diag.dtype
         return G
@@ -148,7 +180,7 @@ class _SeedBlendResolventDiagonal(torch.autograd.Function):
         G2 = G.square()
         blend = 0.5 * (-G2) + 0.5 * torch.reciprocal(G2)  # heuristic "dG_ii/d diag_i"; see resolvent_diagonal
         grad_diag = (grad_G.to(G.dtype).conj() * blend).real.clamp(-_SEED_BLEND_CLIP, _SEED_BLEND_CLIP)
-        return grad_diag.to(ctx.real_dtype), None, None
+        return grad_diag.to(ctx.real_dtype), None, None, None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -177,18 +209,22 @@ def _ratio_scan(a: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     chunk = min(chunk or _CHUNK, n)
     # Padding with a = -i keeps Im a < 0, so the padded tail stays well defined.
     at = _to_chunks(a, chunk, -1j)
-    # (1) Each chunk's map u_in -> u at its position c is the Möbius map u -> (p + u q') / (1 + u q), where
-    # p, q, q' are ratios of the chunk's minors started from (1, 0) and (0, 1). Normalised this way they stay
-    # bounded: p is the recurrence started from 0 and q is minus a diagonal resolvent entry of the chunk's own
-    # matrix (both <= 1/Im z), q' is the previous q times p. Nothing overflows, whatever the chunk size.
+    # (1) Each chunk's map u_in -> u_out (u at its last position) is the Möbius map
+    # u -> p + r u / (1 + q u), with p = G_c[-1, -1], q = -G_c[0, 0], r = G_c[0, -1]^2 for G_c the resolvent
+    # of the chunk's own matrix. Each is bounded by 1/Im z (or its square) and comes from a stable recurrence:
+    # p from the left, q from the right, and G_c[0, -1] = ±1/det = ±(product of the left ratios).
+    # (A product of 2x2 transfer matrices gives the same map, but its normalised coefficients lose precision
+    # to cancellation near the real axis: up to ~60x the plain loop's complex64 error at Im z = 0.01.)
     p = torch.zeros_like(at[0])
-    q = torch.zeros_like(p)
-    qp = torch.ones_like(p)
+    r = torch.ones_like(p)
     for ac in at:
         p = torch.reciprocal(ac - p)
-        q, qp = p * (ac * q - qp), q * p
+        r = r * p
+    q = torch.zeros_like(p)
+    for ac in reversed(at):
+        q = torch.reciprocal(ac - q)
     # (2) Incoming value of every chunk: exclusive scan of the chunk maps.
-    u = _mobius_exclusive_scan(p, q, qp)
+    u = _mobius_exclusive_scan(p, -q, r.square())
     # (3) The recurrence itself inside every chunk, started from the right incoming value.
     out = []
     for ac in at:
@@ -197,25 +233,26 @@ def _ratio_scan(a: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     return _from_chunks(out, n)
 
 
-def _mobius_exclusive_scan(p: torch.Tensor, q: torch.Tensor, qp: torch.Tensor) -> torch.Tensor:
-    """Maps F_k(u) = (p_k + u qp_k) / (1 + u q_k) along dim 1 -> (F_{k-1} ∘ ... ∘ F_0)(0) for every k.
+def _mobius_exclusive_scan(p: torch.Tensor, q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Maps F_k(u) = p_k + r_k u / (1 + q_k u) along dim 1 -> (F_{k-1} ∘ ... ∘ F_0)(0) for every k.
 
-    Hillis-Steele: after the step with shift s, slot k holds F_k ∘ ... ∘ F_{k-2s+1}. The composite's constant
-    term 1 + q_later p_earlier is the later map's denominator at a point of the upper half plane, never 0, and
-    dividing by it keeps the composite in the same bounded normal form."""
+    Hillis-Steele: after the step with shift s, slot k holds F_k ∘ ... ∘ F_{k-2s+1}. For chunk maps
+    (p, q, r) = (G[-1, -1], -G[0, 0], G[0, -1]^2), gluing chunk A before chunk B gives, with
+    e = 1 / (1 + q_B p_A) (never infinite: 1 + q_B p_A is B's denominator at a point of the upper half
+    plane): p = p_B + r_B p_A e, q = q_A + r_A q_B e, r = r_A r_B e^2, the same form for the longer chunk."""
     s = 1
     while s < p.shape[1]:
-        p2, q2, qp2 = p[:, s:], q[:, s:], qp[:, s:]
-        p1, q1, qp1 = p[:, :-s], q[:, :-s], qp[:, :-s]
-        d = torch.reciprocal(torch.addcmul(torch.ones_like(p2), q2, p1))
-        new_p = torch.addcmul(p2, qp2, p1) * d
-        new_q = torch.addcmul(q1, q2, qp1) * d
-        new_qp = torch.addcmul(qp2 * qp1, p2, q1) * d
+        pa, qa, ra = p[:, :-s], q[:, :-s], r[:, :-s]  # earlier
+        pb, qb, rb = p[:, s:], q[:, s:], r[:, s:]  # later
+        e = torch.reciprocal(torch.addcmul(torch.ones_like(pb), qb, pa))
+        new_p = torch.addcmul(pb, rb, pa * e)
+        new_q = torch.addcmul(qa, ra, qb * e)
+        new_r = ra * rb * e.square()
         p = torch.cat([p[:, :s], new_p], 1)
         q = torch.cat([q[:, :s], new_q], 1)
-        qp = torch.cat([qp[:, :s], new_qp], 1)
+        r = torch.cat([r[:, :s], new_r], 1)
         s *= 2
-    return torch.cat([torch.zeros_like(p[:, :1]), p[:, :-1]], 1)  # applied to 0, the composite gives p
+    return torch.cat([torch.zeros_like(p[:, :1]), p[:, :-1]], 1)  # F(0) = p
 
 
 def _affine_scan(m: torch.Tensor, h: torch.Tensor, chunk: int | None = None) -> torch.Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import os
 import re
 import time
@@ -54,6 +55,10 @@ def _file_store_allowed() -> bool:
     return os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("true", "1")
 
 
+def _missing(module: str) -> bool:
+    return importlib.util.find_spec(module) is None
+
+
 def _absolute(path: str | Path) -> Path:
     return Path(path).expanduser().resolve()
 
@@ -67,7 +72,9 @@ def resolve_tracking_uri(uri: str | None, outputs_dir: str | Path) -> str:
       connection would see its own empty database). A plain `*.db` path is read as a SQLite file.
     - `file:` stores (`./mlruns`) are refused unless `MLFLOW_ALLOW_FILE_STORE=true` is set, which MLflow 3
       itself requires for them; then made absolute.
-    - `http(s)://` and database URLs (`postgresql://`, `mysql://`, `mssql://`) are passed through.
+    - `http(s)://` and database URLs (`postgresql://`, `mysql://`, `mssql://`) are passed through, except
+      that a bare `postgresql://` becomes `postgresql+psycopg2://` when only psycopg2 is installed
+      (SQLAlchemy 2.1 would look for psycopg 3).
     """
     if uri is None or not str(uri).strip():
         return f"sqlite:///{_absolute(outputs_dir) / 'mlflow.db'}"
@@ -91,6 +98,9 @@ def resolve_tracking_uri(uri: str | None, outputs_dir: str | Path) -> str:
     if scheme in ("http", "https"):
         return uri.rstrip("/")
     if scheme in DATABASE_SCHEMES:
+        if uri.lower().startswith("postgresql://") and _missing("psycopg") and not _missing("psycopg2"):
+            # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; kbk installs psycopg2.
+            return "postgresql+psycopg2://" + uri[len("postgresql://") :]
         return uri
     if scheme == "file" or (scheme == "" and Path(uri).suffix not in (".db", ".sqlite", ".sqlite3")):
         if not _file_store_allowed():

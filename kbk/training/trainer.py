@@ -238,6 +238,10 @@ class HybridTrainer:
         for layer, block in enumerate(self.model.blocks):
             x_next, t = block(x, sample=sample)
             dyn = block.koopman
+            if not all(torch.isfinite(t[k]).all() for k in ("z", "z_next", "u", "delta")):
+                out[f"koopman/{layer}/non_finite"] = 1.0  # nothing meaningful to measure (Koopman was disabled)
+                x = x_next
+                continue
             stats = diagnostics.koopman_operator_stats(dyn.operator, dyn.initial_operator, t["z"], t["z_next"])
             nxt = t["u"] + t["delta"]
             delta_norm = t["delta"].norm().clamp_min(1e-12)

@@ -1,0 +1,70 @@
+"""The sweeper's structured config: `hydra/sweeper=kbk_optuna` (the keys of Hydra's Optuna sweeper, plus pruning,
+failure tolerance and stale-trial settings).
+
+    hydra:
+      sweeper:
+        sampler: {name: tpe, seed: 0}         # tpe | grid | random | cmaes | nsgaii | qmc, or {_target_: ...}
+        direction: minimize                   # or a list, one per optimized_metric name
+        study_name: null                      # null: kbk-<hash of the sweep's settings>
+        storage: null                         # null: <outputs>/optuna/<study_name>.journal
+        n_trials: 20                          # TOTAL finished (COMPLETE + PRUNED) trials; null: the whole grid
+        n_jobs: 1                             # trials per launcher batch
+        max_failure_rate: 0.25                # stop after more than this × n_trials failures in one invocation
+        pruner: {name: none}                  # median | hyperband | percentile | none, with their arguments
+        params: {koopman.dim: choice(128, 256, 512)}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Hydra instantiates plugins only from the `hydra_plugins` package (see hydra_plugins/kbk_sweeper).
+SWEEPER_TARGET = "hydra_plugins.kbk_sweeper.kbk_optuna_sweeper.KbkOptunaSweeper"
+
+
+@dataclass
+class KbkOptunaSweeperConf:
+    _target_: str = SWEEPER_TARGET
+    # A mapping: `name` (tpe, grid, random, cmaes, nsgaii, qmc) plus the Optuna sampler's keyword arguments
+    # (seed, n_startup_trials, population_size, ...); or `_target_: optuna.samplers.X` with its arguments.
+    sampler: Any = field(default_factory=lambda: {"name": "tpe", "seed": None})
+    # "minimize" | "maximize", or a list of them (multi-objective), one per `optimized_metric` name.
+    direction: Any = "minimize"
+    # The study in the storage; re-running the same command resumes it. null: derived from the settings.
+    study_name: str | None = None
+    # null: a journal file under the outputs folder (safe for several processes on one machine or NFS);
+    # a path (`*.journal`/`*.log`); or an Optuna RDB URL (postgresql://..., sqlite:////abs/path.db).
+    storage: str | None = None
+    # The budget in TOTAL: COMPLETE + PRUNED trials already in the storage count. null with the grid sampler:
+    # every grid point.
+    n_trials: int | None = 20
+    # Trials launched per batch through the configured Hydra launcher (a batch waits for its slowest trial;
+    # for asynchronous parallelism run several sweeper processes on one study).
+    n_jobs: int = 1
+    # The sweep stops when more than max_failure_rate × n_trials trials fail (crash, non-finite objective)
+    # during one invocation. 0: stop at the first failure; 1: never stop.
+    max_failure_rate: float = 0.25
+    # A mapping: `name` (median, hyperband, percentile, successive_halving, none) plus the pruner's arguments;
+    # or `_target_: optuna.pruners.X`. Pruning needs trials that report (kbk.run does, every evaluation).
+    pruner: Any = field(default_factory=lambda: {"name": "none"})
+    # The search space in Hydra's override grammar: choice(...), a,b,c, range(start, stop[, step]),
+    # interval(low, high), tag(log, interval(...)), tag(int, interval(...)); plain values are fixed overrides.
+    params: dict[str, Any] | None = None
+    # "module.function(cfg, trial)" suggesting extra parameters define-by-run (not with the grid sampler).
+    custom_search_space: str | None = None
+    # Identical parameter sets are not trained twice: a proposal equal to a finished trial reuses its result.
+    dedup: bool = True
+    # Seconds between this process's heartbeats in the storage. A RUNNING trial whose sweeper process is gone
+    # (same host: its pid is dead; any host: no heartbeat for `grace_period` seconds) is failed and re-queued.
+    heartbeat_interval: float = 30.0
+    grace_period: float = 300.0
+    # Optuna's plots (HTML) as artifacts of the sweep's parent run.
+    plots: bool = True
+
+
+def register() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="hydra/sweeper", name="kbk_optuna", node=KbkOptunaSweeperConf,
+                                 provider="kbk")
