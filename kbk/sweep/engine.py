@@ -403,6 +403,48 @@ class SweepEngine:
                         "dropped", trial.number, outcome.state)
         return ok
 
+    def run(
+        self,
+        launch: Callable[[list[Trial]], Sequence[Outcome]],
+        n_jobs: int = 1,
+        *,
+        poll_s: float = 1.0,
+        on_tell: Callable[[Trial, Outcome], None] | None = None,
+        on_stale: Callable[[list[int]], None] | None = None,
+        on_batch: Callable[[], None] | None = None,
+    ) -> Status:
+        """Claim, launch and tell batches of up to `n_jobs` trials until the sweep is done, the failure limit is
+        passed, or nothing is left for this process. `launch(trials)` returns one `Outcome` per trial."""
+        while True:
+            stale = self.recover_stale()
+            if stale and on_stale is not None:
+                on_stale(stale)
+            st = self.status()
+            reason = self.done(st)
+            if reason is not None:
+                log.info("kbk sweep: done, %s (%d complete, %d pruned)", reason, st.complete, st.pruned)
+                return st
+            if self.failure_limit_exceeded(st):
+                return st
+            batch = self.claim(n_jobs)
+            if not batch:
+                st = self.status()
+                if self.done(st) is None and st.running > 0:
+                    time.sleep(poll_s)  # other processes run the last trials; one of them may still fail
+                    continue
+                if self.done(st) is None:
+                    log.warning("kbk sweep: nothing left to run (%d finished of %d%s); re-run to retry what "
+                                "failed", st.finished, self.budget,
+                                f", {st.grid_left} grid points unfinished" if st.grid_left else "")
+                return st
+            outcomes = list(launch(batch))
+            for trial, outcome in zip(batch, outcomes, strict=True):
+                self.tell(trial, outcome)
+                if on_tell is not None:
+                    on_tell(trial, outcome)
+            if on_batch is not None:
+                on_batch()
+
     def release_in_flight(self, reason: str) -> list[int]:
         """On interruption: fail this process's running trials as stale and queue their parameters again."""
         released = []
