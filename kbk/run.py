@@ -123,6 +123,7 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
             tracker.install_signal_handlers()
         summary = trainer.fit()
         summary["config_hash"] = run_hash
+        summary.setdefault("perf/step_ms", 1000.0 * summary["train_seconds"] / max(summary["steps"], 1))
         write_json(output_dir / "summary.json", summary)
         if tracker is not None:
             log_artifacts(tracker, cfg, settings, trainer, output_dir, summary)
@@ -156,6 +157,7 @@ def start_tracking(settings, cfg: DictConfig, output_dir: Path, run_hash: str, c
     if settings.tracking.backend == "none":
         return None
     from kbk.paths import outputs_dir
+    from kbk.sweep.trial import report_hook_from_env
     from kbk.tracking.mlflow_tracker import MlflowTracker
     from kbk.tracking.run_info import flatten, run_tags
     from kbk.tracking.store import ensure_experiment, resolve_tracking_uri
@@ -175,6 +177,7 @@ def start_tracking(settings, cfg: DictConfig, output_dir: Path, run_hash: str, c
         parent_run_id=os.environ.get(ENV_PARENT_RUN) or None,
         run_id=(previous or {}).get("run_id"),
         flush_interval_s=None,  # flush after each checkpoint only, so the store matches what a resume replays
+        report_hook=report_hook_from_env(),  # a trial of kbk's sweeper reports val/ppl to Optuna (pruning)
     )
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     params.pop("trainer.resume", None)  # the one value that differs between a run and its resumption

@@ -24,7 +24,8 @@ def test_epoch_order_is_a_function_of_seed_and_epoch_and_resume_skips_exactly():
     full = list(a.epoch(2))
     resumed = list(b.epoch(2, start_batch=5))
     assert len(resumed) == len(full) - 5
-    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(full[5:], resumed))
+    pairs = zip(full[5:], resumed, strict=True)
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in pairs)
 
 
 def test_eval_order_is_stream_order_and_drop_last_counts():

@@ -18,7 +18,8 @@ def store(tmp_path):
     for (dim, schedule), ppls in VALUES.items():
         for ppl in ppls:
             run = client.create_run(exp, run_name=f"r{seed}", tags={"kbk.sweep": "study"})
-            for key, value in {"koopman.dim": dim, "schedule.type": schedule, "seed": seed, "model.d_model": 64}.items():
+            params = {"koopman.dim": dim, "schedule.type": schedule, "seed": seed, "model.d_model": 64}
+            for key, value in params.items():
                 client.log_param(run.info.run_id, key, value)
             client.log_metric(run.info.run_id, "val/ppl", ppl, step=5)
             client.set_terminated(run.info.run_id, "FINISHED")

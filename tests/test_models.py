@@ -8,7 +8,8 @@ from kbk.models.moe import SparseMoE
 SEED_SHAPE = dict(vocab_size=30_000, d_model=64, n_layers=4, n_seq=128, num_experts=4, top_k=1)
 
 
-def tiny(koopman=KoopmanOptions(dim=16, sample_tokens=None), **kw):
+def tiny(koopman=None, **kw):
+    koopman = koopman or KoopmanOptions(dim=16, sample_tokens=None)
     torch.manual_seed(0)
     args = dict(vocab_size=50, d_model=16, n_layers=2, n_seq=12, num_experts=3, top_k=1, dropout=0.0)
     args.update(kw)

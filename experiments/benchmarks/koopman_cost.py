@@ -61,7 +61,8 @@ def layer_comparison(repeats: int) -> list[tuple[str, float, float, float]]:
     torch.manual_seed(0)
     block = KoopmanResNetBKLM(VOCAB, D, 1, N_SEQ, koopman=KoopmanOptions(dim=K)).blocks[0].eval()
     u = torch.randn(BATCH, N_SEQ, D)
-    calls = {"ResNet-BK layer f(u)": lambda: block.layer(u), "Koopman mode ψ(Kφ(u)) − u": lambda: block.koopman.increment(u)}
+    calls = {"ResNet-BK layer f(u)": lambda: block.layer(u),
+             "Koopman mode ψ(Kφ(u)) − u": lambda: block.koopman.increment(u)}
     rows = []
     with torch.no_grad():
         times = time_interleaved(calls, {k: repeats for k in calls})

@@ -30,7 +30,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from kbk.sweep.space import SearchSpace, params_key
@@ -136,7 +135,7 @@ class SweepEngine:
         self.worker = worker or Worker()
         self.custom_space = custom_space
         self.params_wait_s = params_wait_s
-        self.session_start = datetime.now(timezone.utc)
+        self.session_start = time.time()  # Optuna's datetimes are naive local times: compare timestamps
         self.in_flight: dict[int, Trial] = {}
         self.grid_points = space.grid() if grid else []
         self.grid_keys = {params_key(p): p for p in self.grid_points}
@@ -191,7 +190,7 @@ class SweepEngine:
             t.state.name == "FAIL"
             and not self._ignored(t)
             and t.datetime_complete is not None
-            and t.datetime_complete >= self.session_start
+            and t.datetime_complete.timestamp() >= self.session_start - 1e-3
         )
 
     def status(self, trials: list[FrozenTrial] | None = None) -> Status:
@@ -230,10 +229,10 @@ class SweepEngine:
 
     def done(self, st: Status) -> str | None:
         """Why the sweep is over (for every process), or None."""
-        if st.finished >= self.budget:
-            return f"the budget of {self.budget} finished trials is met"
         if self.grid and st.grid_left == 0:
             return "every grid point has a finished trial"
+        if st.finished >= self.budget:
+            return f"the budget of {self.budget} finished trials is met"
         return None
 
     def failure_limit_exceeded(self, st: Status) -> bool:
