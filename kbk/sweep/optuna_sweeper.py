@@ -17,6 +17,7 @@ import json
 import logging
 import signal
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -194,7 +195,9 @@ class KbkOptunaSweeperImpl(Sweeper):
         try:
             study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
                                         pruner=pruner_obj)
-            study.set_metric_names(metrics)
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(metrics)
             return study, True
         except optuna.exceptions.DuplicatedStudyError:
             pass

@@ -37,8 +37,9 @@ def resolve_storage(spec: str | None, outputs: str | os.PathLike, study_name: st
         return str(Path(spec).expanduser().resolve())
     scheme = match.group(1).lower().split("+", 1)[0]
     if scheme == "sqlite":
-        path = spec[len(match.group(0)) :]
-        if path in ("", ":memory:"):
+        rest = spec[len(match.group(0)) :]  # "/relative.db" or "//abs.db" (SQLAlchemy's sqlite:///x form)
+        path = rest[1:] if rest.startswith("/") else ""
+        if path.split("?", 1)[0] in ("", ":memory:"):
             raise ConfigError(
                 f"hydra.sweeper.storage={spec!r} is an in-memory SQLite database that trials in other "
                 "processes cannot see. Fix: leave it null (a journal file under outputs/) or give a file."

@@ -48,8 +48,10 @@ def report_hook_from_env(environ: Mapping[str, str] | None = None) -> ReportHook
     def report(value: float, step: int) -> None:
         value = float(value)
         if not math.isfinite(value):
-            # A diverged model: stop now as a failure (not a prune), so the sweeper records FAIL with the reason.
-            raise FloatingPointError(f"the reported objective is {value} at step {step}: training diverged")
+            # Not reported: pruners would prune it, but a diverged trial is a failure. The trainer stops on a
+            # non-finite loss (max_nan_steps); otherwise the final objective is non-finite and the sweeper
+            # records FAIL with that reason.
+            return
         try:
             trial.report(value, int(step))
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError) as e:
