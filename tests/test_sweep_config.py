@@ -148,7 +148,8 @@ def test_storage_strings(tmp_path, monkeypatch):
     assert default_storage(tmp_path, "my study") == str(tmp_path / "optuna" / "my_study.journal")
     assert resolve_storage("runs/s.journal", tmp_path, "s") == str(tmp_path / "runs" / "s.journal")
     assert resolve_storage("sqlite:///o.db", tmp_path, "s") == f"sqlite:///{tmp_path / 'o.db'}"
-    assert resolve_storage("postgresql://u@h/db", tmp_path, "s") == "postgresql://u@h/db"
+    assert resolve_storage("postgresql+psycopg2://u@h/db", tmp_path, "s") == "postgresql+psycopg2://u@h/db"
+    assert resolve_storage("postgresql://u@h/db", tmp_path, "s").endswith("://u@h/db")
     with pytest.raises(ConfigError, match="in-memory"):
         resolve_storage("sqlite://", tmp_path, "s")
     with pytest.raises(ConfigError, match="unknown scheme"):

@@ -68,14 +68,14 @@ def finished_per_point(study: optuna.Study, names: list[str]) -> Counter:
                    if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
 
 
-def kbk_command(overrides: list[str]) -> list[str]:
-    return [sys.executable, "-m", "kbk.run", "-m", *overrides]
+def kbk_command(overrides: list[str], multirun: bool = True) -> list[str]:
+    return [sys.executable, "-m", "kbk.run", *(["-m"] if multirun else []), *overrides]
 
 
-def run_kbk(overrides: list[str], timeout: float = 420) -> subprocess.CompletedProcess:
+def run_kbk(overrides: list[str], timeout: float = 420, multirun: bool = True) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "KBK_OUTPUTS")}
-    return subprocess.run(kbk_command(overrides), cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(kbk_command(overrides, multirun), cwd=PROJECT_ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
@@ -260,7 +260,7 @@ def test_plain_multirun_gets_a_parent_run(hydra_sweep_runner, tmp_path):
 
 def test_single_run_gets_no_parent(tmp_path):
     out = tmp_path / "out"
-    proc = run_kbk([*TINY, f"paths.outputs={out}"])
+    proc = run_kbk([*TINY, f"paths.outputs={out}"], multirun=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = mlflow_runs(out)
     assert len(runs) == 1 and "mlflow.parentRunId" not in runs[0].data.tags

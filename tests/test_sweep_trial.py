@@ -83,9 +83,9 @@ def test_multirun_callback_is_a_no_op_without_tracking_for_single_runs_and_for_k
 
     from kbk.sweep.callbacks import MultirunParent
 
+    basic = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
     none = OmegaConf.create({"tracking": {"backend": "none"}, "paths": {"outputs": "/nonexistent"},
-                             "hydra": {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"},
-                                       "sweep": {"dir": "/nonexistent/x"}}})
+                             "hydra": {"sweeper": {"_target_": basic}, "sweep": {"dir": "/nonexistent/x"}}})
     callback = MultirunParent()
     callback.on_multirun_start(none)
     assert callback.parent_run_id is None

@@ -21,6 +21,11 @@ from typing import Any
 
 #: Hydra instantiates plugins only from the `hydra_plugins` package (see hydra_plugins/kbk_sweeper).
 SWEEPER_TARGET = "hydra_plugins.kbk_sweeper.kbk_optuna_sweeper.KbkOptunaSweeper"
+# Arguments present (null) in the default sampler/pruner mappings: Hydra refuses to add keys to a config node
+# without `+`, so the common ones are there to be set plainly.
+SAMPLER_KEYS = ("seed", "n_startup_trials", "multivariate", "constant_liar", "population_size")
+PRUNER_KEYS = ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials", "percentile",
+               "min_resource", "max_resource", "reduction_factor")
 
 
 @dataclass
@@ -28,7 +33,9 @@ class KbkOptunaSweeperConf:
     _target_: str = SWEEPER_TARGET
     # A mapping: `name` (tpe, grid, random, cmaes, nsgaii, qmc) plus the Optuna sampler's keyword arguments
     # (seed, n_startup_trials, population_size, ...); or `_target_: optuna.samplers.X` with its arguments.
-    sampler: Any = field(default_factory=lambda: {"name": "tpe", "seed": None})
+    # Keys left null take the Optuna class's default; keys listed here can be set with a plain override
+    # (hydra.sweeper.sampler.n_startup_trials=5), any other argument with ++hydra.sweeper.sampler.<arg>=<value>.
+    sampler: Any = field(default_factory=lambda: dict.fromkeys(SAMPLER_KEYS, None) | {"name": "tpe"})
     # "minimize" | "maximize", or a list of them (multi-objective), one per `optimized_metric` name.
     direction: Any = "minimize"
     # The study in the storage; re-running the same command resumes it. null: derived from the settings.
@@ -47,7 +54,8 @@ class KbkOptunaSweeperConf:
     max_failure_rate: float = 0.25
     # A mapping: `name` (median, hyperband, percentile, successive_halving, none) plus the pruner's arguments;
     # or `_target_: optuna.pruners.X`. Pruning needs trials that report (kbk.run does, every evaluation).
-    pruner: Any = field(default_factory=lambda: {"name": "none"})
+    # As for the sampler, null keys take the class's default; a key the chosen pruner lacks is an error.
+    pruner: Any = field(default_factory=lambda: dict.fromkeys(PRUNER_KEYS, None) | {"name": "none"})
     # The search space in Hydra's override grammar: choice(...), a,b,c, range(start, stop[, step]),
     # interval(low, high), tag(log, interval(...)), tag(int, interval(...)); plain values are fixed overrides.
     params: dict[str, Any] | None = None

@@ -70,7 +70,7 @@ def make_sampler(spec: Mapping[str, Any], seed_offset: int = 0) -> BaseSampler:
     only names the study's sampler (Optuna's `GridSampler` would call `study.stop()` outside `optimize`)."""
     import optuna
 
-    kwargs = {k: v for k, v in spec.items() if k not in ("name", "_target_")}
+    kwargs = {k: v for k, v in spec.items() if k not in ("name", "_target_") and v is not None}
     if kwargs.get("seed") is not None and seed_offset:
         kwargs["seed"] = int(kwargs["seed"]) + seed_offset
     name = sampler_name(spec)
@@ -78,7 +78,7 @@ def make_sampler(spec: Mapping[str, Any], seed_offset: int = 0) -> BaseSampler:
         from hydra.utils import get_class
 
         cls = get_class(str(spec["_target_"]))
-    elif name == GRID:
+    elif name == GRID:  # arguments meant for another sampler (a preset's, say) do not apply
         return optuna.samplers.RandomSampler(seed=kwargs.get("seed"))
     elif name in SAMPLERS:
         cls = getattr(optuna.samplers, SAMPLERS[name])
@@ -90,7 +90,8 @@ def make_sampler(spec: Mapping[str, Any], seed_offset: int = 0) -> BaseSampler:
     try:
         return cls(**kwargs)
     except TypeError as e:
-        raise ConfigError(f"hydra.sweeper.sampler: {cls.__name__}({kwargs}) is invalid: {e}") from None
+        raise ConfigError(f"hydra.sweeper.sampler: {cls.__name__}({kwargs}) is invalid: {e}. Fix: set the "
+                          "argument to null (hydra.sweeper.sampler.<arg>=null) or drop it.") from None
 
 
 def pruner_spec(value: Any) -> dict[str, Any]:
@@ -109,21 +110,25 @@ def pruner_spec(value: Any) -> dict[str, Any]:
 def make_pruner(spec: Mapping[str, Any]) -> BasePruner:
     import optuna
 
-    kwargs = {k: v for k, v in spec.items() if k not in ("name", "_target_")}
+    kwargs = {k: v for k, v in spec.items() if k not in ("name", "_target_") and v is not None}
     if spec.get("_target_"):
         from hydra.utils import get_class
 
         cls = get_class(str(spec["_target_"]))
     else:
-        cls = getattr(optuna.pruners, PRUNERS[str(spec.get("name") or "none").lower()])
+        name = str(spec.get("name") or "none").lower()
+        if name == "none":
+            return optuna.pruners.NopPruner()  # arguments left from a preset's pruner do not apply
+        cls = getattr(optuna.pruners, PRUNERS[name])
     try:
         return cls(**kwargs)
     except TypeError as e:
-        raise ConfigError(f"hydra.sweeper.pruner: {cls.__name__}({kwargs}) is invalid: {e}") from None
+        raise ConfigError(f"hydra.sweeper.pruner: {cls.__name__}({kwargs}) is invalid: {e}. Fix: set the argument "
+                          "to null (hydra.sweeper.pruner.<arg>=null) or drop it.") from None
 
 
 def pruner_to_env(spec: Mapping[str, Any]) -> str:
-    return json.dumps(dict(spec), sort_keys=True, separators=(",", ":"))
+    return json.dumps({k: v for k, v in spec.items() if v is not None}, sort_keys=True, separators=(",", ":"))
 
 
 def pruner_from_env(text: str | None) -> BasePruner:

@@ -165,6 +165,8 @@ class KbkOptunaSweeperImpl(Sweeper):
         worker = Worker(self.heartbeat_interval, self.grace_period)
         study, created = self._open_study(storage, study_name, directions, metrics, sampler_spec, pruner, settings,
                                           storage_spec)
+        # The creator sets the study up (parent run, then settings); if it died before finishing, this process does.
+        owns_setup = created or SETTINGS_ATTR not in study.user_attrs
         seed_offset = 0 if created else len(registered_workers(study))
         if seed_offset:  # parallel processes with one seed would propose the same trials in lockstep
             study.sampler = self._sampler(sampler_spec, seed_offset)
@@ -173,7 +175,7 @@ class KbkOptunaSweeperImpl(Sweeper):
                ENV_PRUNER: pruner_to_env(pruner)}
         run = _SweepRun(self, study, space, grid, worker, metrics, env, storage_spec, sweep_dir)
         try:
-            return run.execute(settings, created)
+            return run.execute(settings, owns_setup)
         finally:
             worker.stop()
 
@@ -205,6 +207,8 @@ class KbkOptunaSweeperImpl(Sweeper):
         deadline = time.monotonic() + SETUP_WAIT_S
         while SETTINGS_ATTR not in study.user_attrs and time.monotonic() < deadline:
             time.sleep(0.2)  # the creator is creating the parent run; it writes the settings last
+        if SETTINGS_ATTR not in study.user_attrs:
+            log.warning("study %r was created but never set up (its process died?); setting it up here", name)
         stored = [d.name.lower() for d in study.directions]
         if stored != directions:
             raise ConfigError(
@@ -262,6 +266,7 @@ class _SweepRun:
 
     def _open_parent(self, settings: dict[str, str]) -> None:
         from kbk.paths import outputs_dir
+        from kbk.sweep.factories import as_mapping, pruner_spec
         from kbk.sweep.parent import SweepParent
         from kbk.tracking.store import resolve_tracking_uri
 
@@ -270,21 +275,22 @@ class _SweepRun:
         if tracking is None or tracking.get("backend", "mlflow") == "none":
             return
         uri = resolve_tracking_uri(tracking.get("uri"), outputs_dir(cfg.paths.outputs))
+        sampler = {k: v for k, v in as_mapping(self.sweeper.sampler_cfg, "sampler").items() if v is not None}
+        pruner = {k: v for k, v in pruner_spec(self.sweeper.pruner_cfg).items() if v is not None}
         tags = {"kbk.sweep": self.study.study_name, "kbk.sweep_dir": str(self.sweep_dir),
-                "kbk.n_trials": str(self.engine.budget), "kbk.sampler": json.dumps(
-                    OmegaConf.to_container(self.sweeper.sampler_cfg) if OmegaConf.is_config(self.sweeper.sampler_cfg)
-                    else self.sweeper.sampler_cfg, default=str)}
+                "kbk.n_trials": str(self.engine.budget), "kbk.sampler": json.dumps(sampler, default=str),
+                "kbk.pruner": json.dumps(pruner, default=str)}
         self.parent = SweepParent.open(uri, tracking.get("experiment", "kbk"), self.study, params=settings,
                                        tags=tags)
         self.env[ENV_PARENT_RUN] = self.parent.run_id
 
-    def execute(self, settings: dict[str, str], created: bool) -> list[Any]:
+    def execute(self, settings: dict[str, str], owns_setup: bool) -> list[Any]:
         previous = signal.getsignal(signal.SIGTERM)
         if previous in (signal.SIG_DFL, None):  # SIGTERM (scancel, timeouts) unwinds through the cleanup below
             signal.signal(signal.SIGTERM, _raise_system_exit)
         try:
             self._open_parent(settings)
-            if created:
+            if owns_setup:
                 self.study.set_user_attr(SETTINGS_ATTR, settings)  # last: processes waiting on it find the parent
             status = self._loop()
         except BaseException as e:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,7 +151,10 @@ def write_plots(folder: Path, study: Study, metrics: Sequence[str] = ()) -> tupl
     for name, make in plots:
         try:
             path = folder / f"{name}.html"
-            make().write_html(str(path), include_plotlyjs="cdn")
+            with warnings.catch_warnings():  # experimental-API and importance-evaluator notes, not problems
+                warnings.simplefilter("ignore")
+                figure = make()
+            figure.write_html(str(path), include_plotlyjs="cdn")
             written.append(path)
         except Exception as e:  # noqa: BLE001 (a plot must never fail the sweep)
             errors.append(f"{name}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")

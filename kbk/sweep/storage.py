@@ -48,13 +48,24 @@ def resolve_storage(spec: str | None, outputs: str | os.PathLike, study_name: st
             return f"{match.group(0)}/{Path(path).resolve()}"
         return spec
     if scheme in RDB_SCHEMES:
-        return spec
+        return _with_driver(spec)
     if scheme == "file":
         return str(Path(spec[len("file://") :]).resolve())
     raise ConfigError(
         f"hydra.sweeper.storage={spec!r}: unknown scheme {scheme}://. Fix: leave it null (a journal file "
         "under outputs/), give a journal file path, or an RDB URL such as postgresql://user@host/db."
     )
+
+
+def _with_driver(url: str) -> str:
+    """SQLAlchemy 2.1 reads a bare `postgresql://` as psycopg 3; with only psycopg2 installed (kbk's dependency),
+    name that driver rather than fail with an ImportError."""
+    import importlib.util
+
+    if url.lower().startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        if importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len("postgresql://") :]
+    return url
 
 
 def is_rdb(spec: str) -> bool:
