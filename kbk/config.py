@@ -230,6 +230,21 @@ def _get(cfg: Any, dotted: str) -> Any:
     return node.value if isinstance(node, Enum) else node
 
 
+def check_known_keys(node: Any, schema: type = None, prefix: str = "") -> None:
+    """Reject keys the schema does not have, including ones forced in with Hydra's `+key=value`."""
+    import typing
+
+    schema = schema or KbkConfig
+    hints = typing.get_type_hints(schema)
+    for key in node:
+        if key not in hints:
+            allowed = ", ".join(f.name for f in fields(schema))
+            raise ConfigError(f"{prefix}{key} is not a kbk setting; the keys of {prefix.rstrip('.') or 'the config'} "
+                              f"are: {allowed}")
+        if is_dataclass(hints[key]):
+            check_known_keys(node[key], hints[key], f"{prefix}{key}.")
+
+
 def validate(cfg: Any) -> None:
     """Raise `ConfigError` for the first out-of-range value: the key, the value, and what is allowed."""
     for key, ok, allowed in RULES:

@@ -53,9 +53,10 @@ def settings_of(cfg: DictConfig):
     """The validated config as typed dataclasses; out-of-range or missing values are a `ConfigError`."""
     from omegaconf.errors import MissingMandatoryValue
 
-    from kbk.config import validate
+    from kbk.config import check_known_keys, validate
     from kbk.errors import ConfigError
 
+    check_known_keys(cfg)
     try:
         settings = OmegaConf.to_object(cfg)
     except MissingMandatoryValue as exc:
@@ -68,7 +69,7 @@ def settings_of(cfg: DictConfig):
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
     """What makes two runs the same experiment: the config minus where things are written and how to resume."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     plain.pop("paths", None)
     plain.pop("tracking", None)
     plain["trainer"].pop("resume", None)
@@ -179,7 +180,7 @@ def start_tracking(settings, cfg: DictConfig, output_dir: Path, run_hash: str, c
         flush_interval_s=None,  # flush after each checkpoint only, so the store matches what a resume replays
         report_hook=report_hook_from_env(),  # a trial of kbk's sweeper reports val/ppl to Optuna (pruning)
     )
-    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    params = flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     params.pop("trainer.resume", None)  # the one value that differs between a run and its resumption
     params.update({k: str(v) for k, v in counts.items()})
     tracker.log_params(params)

@@ -163,7 +163,8 @@ def test_a_study_refuses_a_sweep_with_other_settings(tmp_path):
     base = compose_cfg(["hparams_search=koopman_dim_grid"])
     moved = compose_cfg(["hparams_search=koopman_dim_grid", f"paths.outputs={tmp_path}", "tracking=none"])
     other = compose_cfg(["hparams_search=koopman_dim_grid", "model.d_model=32"])
-    space = {"koopman.dim": "choice(128, 256, 512)"}
+    space = parse_space({"koopman.dim": "choice(128, 256, 512)"}).signature()
+    assert space == parse_space({"koopman.dim": "choice(128,256,512)"}).signature()  # spacing does not matter
     settings = sweep_settings(base, space, ["minimize"])
     assert settings == sweep_settings(moved, space, ["minimize"])  # locations may change between resumes
     assert "koopman.dim" in settings and "sweep.params.koopman.dim" in settings
@@ -173,7 +174,8 @@ def test_a_study_refuses_a_sweep_with_other_settings(tmp_path):
     with pytest.raises(ConfigError, match=r"model.d_model \(study: 64, now: 32\).*study_name"):
         check_settings(study, sweep_settings(other, space, ["minimize"]), "x.journal")
     with pytest.raises(ConfigError, match="sweep.params.koopman.dim"):
-        check_settings(study, sweep_settings(base, {"koopman.dim": "choice(1, 2)"}, ["minimize"]), "x.journal")
+        check_settings(study, sweep_settings(base, parse_space({"koopman.dim": "choice(1, 2)"}).signature(),
+                                             ["minimize"]), "x.journal")
 
 
 # ---------------------------------------------------------------------------------------------- presets

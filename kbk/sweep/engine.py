@@ -283,18 +283,20 @@ class SweepEngine:
         trials = self.trials() if trials is None else trials
         stale = self._stale_reasons(trials)
         taken: set[str] = set()
+        planned = 0  # finished, running or queued: what already counts toward the budget
         for t in trials:
             name = t.state.name
-            if (
-                name in ("COMPLETE", "PRUNED", "WAITING")
-                or (name == "RUNNING" and t.number not in stale)
-                or self._failed_this_session(t)
-            ):
+            live = name in ("COMPLETE", "PRUNED", "WAITING") or (name == "RUNNING" and t.number not in stale)
+            planned += live and SKIP_ATTR not in t.user_attrs
+            if live or self._failed_this_session(t):
                 key = self.key_of(t)
                 if key is not None:
                     taken.add(key)
+        room = self.budget - planned  # with n_trials below the grid's size, queue no more than it allows
         queued = 0
         for key, point in self.grid_keys.items():
+            if queued >= room:
+                break
             if key not in taken:
                 self.study.enqueue_trial(point)
                 queued += 1

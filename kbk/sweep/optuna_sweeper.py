@@ -47,7 +47,7 @@ def metric_names(cfg: DictConfig) -> list[str]:
     return [metric] if isinstance(metric, str) else [str(m) for m in metric]
 
 
-def sweep_settings(cfg: DictConfig, space_texts: dict[str, str], directions: list[str]) -> dict[str, str]:
+def sweep_settings(cfg: DictConfig, space: dict[str, str], directions: list[str]) -> dict[str, str]:
     """What makes two sweeper commands the same study: the task config (without locations), the search space and
     the directions. Stored on the study; a later command with other settings is refused (`check_settings`)."""
     from kbk.tracking.run_info import flatten
@@ -56,7 +56,7 @@ def sweep_settings(cfg: DictConfig, space_texts: dict[str, str], directions: lis
     for key in LOCATION_KEYS:
         task.pop(key, None)
     flat = {k: v for k, v in flatten(task).items() if k not in VOLATILE_KEYS}
-    flat.update({f"sweep.params.{k}": v for k, v in space_texts.items()})
+    flat.update({f"sweep.params.{k}": v for k, v in space.items()})
     flat["sweep.directions"] = json.dumps(directions)
     return dict(sorted(flat.items()))
 
@@ -150,7 +150,9 @@ class KbkOptunaSweeperImpl(Sweeper):
             raise ConfigError("hydra.sweeper.custom_search_space cannot be used with the grid sampler.")
         pruner = pruner_spec(self.pruner_cfg)
         directions = directions_of(self.direction, metrics)
-        settings = sweep_settings(cfg, space.describe(), directions)
+        if len(directions) > 1 and (pruner.get("_target_") or pruner.get("name") != "none"):
+            log.warning("kbk sweep: Optuna does not prune multi-objective studies; the pruner is not used")
+        settings = sweep_settings(cfg, space.signature(), directions)
         study_name = self.study_name or f"kbk-{config_hash(settings)[:10]}"
         storage_spec = resolve_storage(self.storage, outputs_dir(cfg.paths.outputs), study_name)
         storage = open_storage(storage_spec)
@@ -291,6 +293,10 @@ class _SweepRun:
         try:
             self._open_parent(settings)
             if owns_setup:
+                # The grid is queued before the settings appear, so processes started alongside, which wait for
+                # the settings, find the points queued rather than queue them a second time.
+                self.engine.recover_stale()
+                self.engine.enqueue_missing_grid_points()
                 self.study.set_user_attr(SETTINGS_ATTR, settings)  # last: processes waiting on it find the parent
             status = self._loop()
         except BaseException as e:
@@ -412,7 +418,8 @@ class _SweepRun:
         if self.parent is not None:
             try:
                 interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
-                self.parent.end("KILLED" if interrupted else "FAILED", reason=f"{type(error).__name__}: {error}")
+                reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+                self.parent.end("KILLED" if interrupted else "FAILED", reason=reason)
             except Exception:  # noqa: BLE001
                 pass
 

@@ -80,10 +80,14 @@ def best(study: Study, metrics: Sequence[str] = ()) -> dict[str, Any]:
 
 
 def counts(study: Study) -> dict[str, int]:
-    out = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0, "dropped": 0}
+    """Trials by state; FAIL counts only real failures: `stale` ones were cut off with their sweeper process (and
+    re-queued), `dropped` ones were duplicate or over-budget proposals that never ran."""
+    out = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0, "stale": 0, "dropped": 0}
     for t in study.get_trials(deepcopy=False):
         if SKIP_ATTR in t.user_attrs:
             out["dropped"] += 1
+        elif STALE_ATTR in t.user_attrs and t.state.name == "FAIL":
+            out["stale"] += 1
         else:
             out[t.state.name] = out.get(t.state.name, 0) + 1
     return out

@@ -92,7 +92,12 @@ class SearchSpace:
         return [f"{self.prefixes.get(n, '')}{n}={format_value(params[n])}" for n in ordered] + list(self.fixed)
 
     def describe(self) -> dict[str, str]:
+        """The sweep as written, for messages."""
         return dict(self.texts)
+
+    def signature(self) -> dict[str, str]:
+        """The distributions exactly (spacing and spelling of the grammar aside), for comparing two sweeps."""
+        return {name: repr(dist) for name, dist in self.distributions.items()}
 
 
 def _distribution(name: str, sweep: Any, text: str) -> tuple[BaseDistribution, list[Any] | None]:

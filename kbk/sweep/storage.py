@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from optuna.storages import BaseStorage
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+SCHEMA_RACE_RETRIES = 5
+_SCHEMA_RACE_MARKERS = ("duplicate key", "UniqueViolation", "already exists", "IntegrityError")
 RDB_SCHEMES = ("postgresql", "mysql", "sqlite", "oracle", "mssql")
 
 
@@ -78,15 +81,21 @@ def open_storage(spec: str) -> BaseStorage:
     import optuna
 
     if is_rdb(spec):
-        try:
-            return optuna.storages.RDBStorage(spec, engine_kwargs=_engine_kwargs(spec))
-        except Exception as e:  # noqa: BLE001 (SQLAlchemy/driver errors of every kind)
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(
-                f"Cannot open the Optuna storage {_redact(spec)} ({type(e).__name__}: {first}). Fix: check "
-                "that the database server is running and reachable and the URL is right, or leave "
-                "hydra.sweeper.storage null for a journal file under outputs/."
-            ) from e
+        for attempt in range(SCHEMA_RACE_RETRIES + 1):
+            try:
+                return optuna.storages.RDBStorage(spec, engine_kwargs=_engine_kwargs(spec))
+            except Exception as e:  # noqa: BLE001 (SQLAlchemy/driver errors of every kind)
+                # Sweeper processes starting together on a fresh database race to create Optuna's tables; the
+                # loser sees a duplicate row or table, and on a second look finds the schema made.
+                if attempt < SCHEMA_RACE_RETRIES and any(m in str(e) for m in _SCHEMA_RACE_MARKERS):
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ConfigError(
+                    f"Cannot open the Optuna storage {_redact(spec)} ({type(e).__name__}: {first}). Fix: check "
+                    "that the database server is running and reachable and the URL is right, or leave "
+                    "hydra.sweeper.storage null for a journal file under outputs/."
+                ) from e
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     path = Path(spec)
