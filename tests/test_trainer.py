@@ -69,6 +69,8 @@ def test_training_learns_and_logs_the_contract_metric_names():
         assert name in logged, name
     assert len(trainer.epoch_table) == 4 and trainer.epoch_table[0]["epoch"] == 1.0
     assert summary["events/dmd_accepted"] > 0
+    val_steps = [s for s, m in trainer.history if "val/loss" in m]
+    assert len(val_steps) == len(set(val_steps))  # the final evaluation does not repeat the last periodic one
 
 
 def test_weight_follows_the_schedule_and_the_koopman_loss_starts_after_warmup():

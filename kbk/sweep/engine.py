@@ -161,8 +161,8 @@ class SweepEngine:
         params = trial.params
         names = self.space.names
         if not all(n in params for n in names):
-            fixed = trial.system_attrs.get("fixed_params") or {}
-            if trial.state.name == "WAITING" and all(n in fixed for n in names):
+            fixed = trial.system_attrs.get("fixed_params") or {}  # a queued trial's parameters-to-be
+            if all(n in fixed for n in names):
                 params = fixed
             else:
                 return None

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,17 +114,25 @@ def write_results(folder: Path, study: Study, storage: str, metrics: Sequence[st
         **(extra or {}),
     }
     paths = {"yaml": folder / RESULTS_FILE, "csv": folder / "results.csv", "json": folder / "results.json"}
-    OmegaConf.save(OmegaConf.create(json.loads(json.dumps(summary, default=str))), paths["yaml"])
     rows = trials_table(study, metrics)
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    paths["json"].write_text(json.dumps(rows, indent=1, default=str))
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(paths["yaml"], OmegaConf.to_yaml(OmegaConf.create(json.loads(json.dumps(summary, default=str)))))
+    _write_atomic(paths["csv"], table.getvalue())
+    _write_atomic(paths["json"], json.dumps(rows, indent=1, default=str))
     return paths
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Several sweeper processes share the sweep folder: a reader must never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def write_plots(folder: Path, study: Study, metrics: Sequence[str] = ()) -> tuple[list[Path], list[str]]:

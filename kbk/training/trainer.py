@@ -103,6 +103,7 @@ class HybridTrainer:
         self.epoch_table: list[dict[str, float]] = []
         self.train_seconds = 0.0
         self.summary: dict[str, Any] | None = None  # set when training has finished
+        self.last_eval: tuple[int, dict[str, float]] | None = None  # (step, metrics) of the latest evaluation
 
     # ---------------------------------------------------------------- setup
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -258,7 +259,7 @@ class HybridTrainer:
             x = x_next
         return out
 
-    def evaluation_metrics(self, final: bool = False) -> dict[str, float]:
+    def evaluation_metrics(self) -> dict[str, float]:
         val_loss = self.evaluate("standard")
         metrics = {"val/loss": val_loss, "val/ppl": safe_exp(val_loss)}
         if self.loss_floor is not None:
@@ -268,13 +269,18 @@ class HybridTrainer:
             k_loss = self.evaluate("koopman")
             metrics.update({"val/loss_koopman": k_loss, "val/ppl_koopman": safe_exp(k_loss)})
             metrics.update(self.koopman_diagnostics())
-            if final and self.options.layerwise_eval:
-                n = len(self.model.blocks)
-                for layer in range(n):
-                    for mode in ("koopman", "skip"):
-                        modes = ["standard"] * n
-                        modes[layer] = mode
-                        metrics[f"koopman/{layer}/val_ppl_{mode}_only"] = safe_exp(self.evaluate(modes))
+        return metrics
+
+    def layerwise_metrics(self) -> dict[str, float]:
+        """Validation PPL with one layer at a time in Koopman mode, next to skipping that layer."""
+        if not (self.has_koopman and self.options.layerwise_eval):
+            return {}
+        n, metrics = len(self.model.blocks), {}
+        for layer in range(n):
+            for mode in ("koopman", "skip"):
+                modes = ["standard"] * n
+                modes[layer] = mode
+                metrics[f"koopman/{layer}/val_ppl_{mode}_only"] = safe_exp(self.evaluate(modes))
         return metrics
 
     # ---------------------------------------------------------------- the loop
@@ -309,8 +315,13 @@ class HybridTrainer:
                 self._close_epoch(eval_metrics)
                 self.save()
         self._log_window()
-        final = self.evaluation_metrics(final=True)
-        self._log(final)
+        if self.last_eval is not None and self.last_eval[0] == self.step:  # evaluated at this very step already
+            extra = self.layerwise_metrics()
+            final = {**self.last_eval[1], **extra}
+        else:
+            extra = final = {**self.evaluation_metrics(), **self.layerwise_metrics()}
+        if extra:
+            self._log(extra)
         summary = {**final, **{f"events/{k}": float(v) for k, v in self.events.items()}, "steps": self.step,
                    "train_seconds": self.train_seconds, "tokens": self.step * self._tokens_per_step()}
         self.summary = summary
@@ -344,6 +355,7 @@ class HybridTrainer:
         metrics = self.evaluation_metrics()
         metrics.update({f"events/{k}": float(v) for k, v in self.events.items()})
         self._log(metrics)
+        self.last_eval = (self.step, metrics)
         if self.on_eval is not None:
             recent = next((m for _, m in reversed(self.history) if "train/loss_lm" in m), {})
             self.on_eval({"step": self.step, "epoch": self.epoch, "total_steps": self.total_steps, **recent,
@@ -388,6 +400,7 @@ class HybridTrainer:
             "epoch_table": list(self.epoch_table),
             "train_seconds": self.train_seconds,
             "summary": self.summary,
+            "last_eval": self.last_eval,
             "rng": rng_state(),
         }
 
@@ -406,6 +419,7 @@ class HybridTrainer:
         self.epoch_table = list(state["epoch_table"])
         self.train_seconds = state["train_seconds"]
         self.summary = state["summary"]
+        self.last_eval = state["last_eval"]
         set_rng_state(state["rng"])
 
     def save(self) -> Path | None:
