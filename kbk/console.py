@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,11 +38,16 @@ def _duration(seconds: float) -> str:
 
 
 def progress_printer() -> Callable[[dict[str, Any]], None]:
-    """A callback for the trainer: one line per evaluation with loss, perplexity, tokens/s and ETA."""
+    """A callback for the trainer: one line per evaluation with loss, perplexity, tokens/s and ETA (from the wall
+    clock since the first line, so evaluation time counts too)."""
+    started: list[tuple[float, int]] = []
 
     def show(info: dict[str, Any]) -> None:
         step, total = info["step"], info["total_steps"]
-        per_step = info["train_seconds"] / max(step, 1)
+        if not started:
+            started.append((time.perf_counter() - info["train_seconds"], 0))  # the first line: training time only
+        t0, step0 = started[0]
+        per_step = (time.perf_counter() - t0) / max(step - step0, 1)
         parts = [f"step {step}/{total} ({100 * step / max(total, 1):.0f}%)", f"epoch {info['epoch'] + 1}"]
         if "train/loss_lm" in info:
             parts.append(f"train {info['train/loss_lm']:.3f}")

@@ -112,7 +112,12 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
             shutil.rmtree(output_dir, ignore_errors=True)  # nothing half-written: the run never started
         raise
 
-    if tracker is not None:
+    if tracker is None:
+        from kbk.sweep.trial import report_hook_from_env
+        from kbk.tracking.base import NullTracker
+
+        trainer.tracker = NullTracker(report_hook=report_hook_from_env())
+    else:
         trainer.tracker = tracker
         if previous is not None:
             from kbk.tracking.resume import catch_up

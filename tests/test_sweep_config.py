@@ -3,6 +3,9 @@ study is bound to, and every `hparams_search` preset composing into a sweeper kb
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -234,12 +237,9 @@ def test_hydra_discovers_the_sweeper_plugin():
 def test_the_installed_package_exposes_the_plugin_outside_the_checkout(tmp_path):
     """Hydra finds the sweeper from any folder, not only when the checkout is the current folder (needs setup.cfg's
     `packages = find_namespace:`: `find:` skips `hydra_plugins`, which must have no __init__.py)."""
-    import subprocess
-    import sys
-
     code = ("from hydra.core.plugins import Plugins; from hydra.plugins.sweeper import Sweeper; "
             "print(sorted(p.__name__ for p in Plugins.instance().discover(Sweeper)))")
-    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -30,10 +30,12 @@ class Tracker(Protocol):
 
 
 class NullTracker:
-    """Tracks nothing: for tests, notebooks and `tracking=none`. Keeps the last metrics for inspection."""
+    """Tracks nothing: for tests, notebooks and `tracking=none`. Keeps the logged metrics for inspection, and
+    still hands `report` to `report_hook` (so a sweep can prune trials that track nothing)."""
 
-    def __init__(self) -> None:
+    def __init__(self, report_hook=None) -> None:
         self.history: list[tuple[int, dict[str, float]]] = []
+        self.report_hook = report_hook
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         pass
@@ -48,7 +50,8 @@ class NullTracker:
         pass
 
     def report(self, value: float, step: int) -> None:
-        pass
+        if self.report_hook is not None:
+            self.report_hook(value, step)
 
     def flush(self) -> None:
         pass
