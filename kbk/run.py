@@ -47,6 +47,12 @@ def main(cfg: DictConfig) -> Any:
             raise  # the sweeper records the trial FAILED with this message
         print(f"kbk: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C: the tracker has ended the MLflow run KILLED; no traceback for a user's stop
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise
+        print("kbk: interrupted (Ctrl-C); the MLflow run, if one was started, ended KILLED. Continue from the last "
+              "checkpoint with the same command plus trainer.resume=true", file=sys.stderr)
+        sys.exit(130)
 
 
 def settings_of(cfg: DictConfig):
@@ -170,6 +176,16 @@ def start_tracking(settings, cfg: DictConfig, output_dir: Path, run_hash: str, c
 
     uri = resolve_tracking_uri(settings.tracking.uri, outputs_dir(settings.paths.outputs))
     ensure_experiment(uri, settings.tracking.experiment)
+    resumed_run = (previous or {}).get("run_id")
+    params = flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    params.pop("trainer.resume", None)  # the one value that differs between a run and its resumption
+    if resumed_run:
+        # Where things are written and stored (paths, tracking, log_checkpoint) may change between a run and its
+        # resumption, as they are not part of the config hash: the continued run keeps the values it started with.
+        same_experiment = flatten(identity(cfg))
+        params = {k: v for k, v in params.items() if k in same_experiment}
+        refuse_foreign_run(uri, resumed_run, params)
+    params.update({k: str(v) for k, v in counts.items()})
     tags = {**run_tags(identity(cfg), repo_dir=Path(__file__).resolve().parent, output_dir=output_dir),
             "kbk.config_hash": run_hash}
     trial = os.environ.get(ENV_TRIAL)
@@ -185,11 +201,33 @@ def start_tracking(settings, cfg: DictConfig, output_dir: Path, run_hash: str, c
         flush_interval_s=None,  # flush after each checkpoint only, so the store matches what a resume replays
         report_hook=report_hook_from_env(),  # a trial of kbk's sweeper reports val/ppl to Optuna (pruning)
     )
-    params = flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    params.pop("trainer.resume", None)  # the one value that differs between a run and its resumption
-    params.update({k: str(v) for k, v in counts.items()})
-    tracker.log_params(params)
+    try:
+        tracker.log_params(params)
+    except KbkError as exc:
+        tracker.end("FAILED", reason=str(exc))  # never leave the run RUNNING (nothing else would end it)
+        raise
     return tracker
+
+
+def refuse_foreign_run(uri: str, run_id: str, params: dict[str, str]) -> None:
+    """Before reopening MLflow run `run_id` to continue it: a `TrackingError` if it was made with other settings
+    (a checkpoint of another config passed as trainer.resume), so that nothing of that run is changed."""
+    try:
+        from mlflow import MlflowClient
+
+        stored = MlflowClient(uri).get_run(run_id).data.params
+    except Exception:  # noqa: BLE001 (a run that is not there: MlflowTracker.start says so clearly)
+        return
+    changed = [f"{k} (run: {stored[k]!r}, now: {v!r})" for k, v in params.items()
+               if k in stored and stored[k] != v and len(v) <= 6000]
+    if changed:
+        from kbk.errors import TrackingError
+
+        raise TrackingError(
+            f"trainer.resume: the checkpoint belongs to MLflow run {run_id}, made with other settings: "
+            f"{'; '.join(changed)}. Fix: resume with the settings that run was made with (its .hydra/config.yaml), "
+            f"or train these settings from scratch with trainer.resume=false"
+        )
 
 
 def log_artifacts(tracker, cfg: DictConfig, settings, trainer, output_dir: Path, summary: dict[str, Any]) -> None:

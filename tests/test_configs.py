@@ -10,13 +10,12 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from conftest import TINY_DATA, compose_kbk
 from omegaconf import OmegaConf, open_dict
 
 from kbk import build
 from kbk.config import KbkConfig, validate
 from kbk.paths import CONF_DIR
-
-from conftest import TINY_DATA, compose_kbk
 
 CHOICES = sorted(
     (str(path.parent.relative_to(CONF_DIR)), path.stem)

@@ -9,12 +9,11 @@ import time
 
 import pytest
 import yaml
+from conftest import TINY, artifact_paths, compose_kbk, metric_history, mlflow_runs
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
 from kbk.paths import PROJECT_ROOT
-
-from conftest import TINY, artifact_paths, compose_kbk, metric_history, mlflow_runs
 
 CONTRACT_METRICS = (
     "train/loss_lm", "train/loss_koopman", "train/koopman_weight", "train/loss_total", "val/loss", "val/ppl",

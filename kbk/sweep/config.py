@@ -12,6 +12,14 @@ failure tolerance and stale-trial settings).
         max_failure_rate: 0.25                # stop after more than this × n_trials failures in one invocation
         pruner: {name: none}                  # median | hyperband | percentile | none, with their arguments
         params: {koopman.dim: choice(128, 256, 512)}
+        custom_search_space: null             # "module.fn(cfg, trial)" suggesting more parameters
+        dedup: true                           # a repeated parameter set reuses the earlier result
+        heartbeat_interval: 30                # s between this process's heartbeats in the storage
+        grace_period: 300                     # s without a heartbeat before another host's trials are stale
+        plots: true                           # Optuna's plots on the MLflow parent run
+
+Sampler and pruner keys left null take Optuna's defaults; arguments not listed in the defaults below are added
+with `++hydra.sweeper.sampler.<arg>=<value>`.
 """
 
 from __future__ import annotations
