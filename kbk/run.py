@@ -135,7 +135,6 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
             tracker.install_signal_handlers()
         summary = trainer.fit()
         summary["config_hash"] = run_hash
-        summary.setdefault("perf/step_ms", 1000.0 * summary["train_seconds"] / max(summary["steps"], 1))
         write_json(output_dir / "summary.json", summary)
         if tracker is not None:
             log_artifacts(tracker, cfg, settings, trainer, output_dir, summary)

@@ -323,7 +323,10 @@ class HybridTrainer:
         if extra:
             self._log(extra)
         summary = {**final, **{f"events/{k}": float(v) for k, v in self.events.items()}, "steps": self.step,
-                   "train_seconds": self.train_seconds, "tokens": self.step * self._tokens_per_step()}
+                   "train_seconds": self.train_seconds, "tokens": self.step * self._tokens_per_step(),
+                   # whole-run means, so a sweep can trade quality against speed (e.g. `ppl_vs_speed`)
+                   "perf/step_ms": 1000.0 * self.train_seconds / max(self.step, 1),
+                   "perf/tokens_per_s": self.step * self._tokens_per_step() / max(self.train_seconds, 1e-9)}
         self.summary = summary
         self.save()
         return summary
