@@ -125,14 +125,15 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
         trainer.tracker = NullTracker(report_hook=report_hook_from_env())
     else:
         trainer.tracker = tracker
-        if previous is not None:
-            from kbk.tracking.resume import catch_up
-
-            catch_up(tracker, trainer.history)
     write_json(run_dir / "run.json", {"run_id": getattr(tracker, "run_id", None), "output_dir": str(output_dir)})
     with tracker if tracker is not None else contextlib.nullcontext():
         if tracker is not None:
             tracker.install_signal_handlers()
+            if previous is not None:  # (inside the `with`: a store failure here ends the run FAILED)
+                from kbk.tracking.resume import catch_up
+
+                catch_up(tracker, trainer.history)
+                trainer.tracker = SkipStored(tracker)
         summary = trainer.fit()
         summary["config_hash"] = run_hash
         write_json(output_dir / "summary.json", summary)
@@ -140,6 +141,28 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
             log_artifacts(tracker, cfg, settings, trainer, output_dir, summary)
     console.print_summary(summary)
     return objective(settings.optimized_metric, summary)
+
+
+class SkipStored:
+    """A resumed run's tracker, minus the metric values its MLflow run already holds.
+
+    A run stopped by SIGTERM or Ctrl-C ends KILLED after flushing every metric it logged, including those after its
+    last checkpoint; resumed from that checkpoint, it computes those steps again (identically) and must not log them
+    twice. So a value is dropped when its key already has a value at that step or a later one in the store.
+    """
+
+    def __init__(self, tracker) -> None:
+        self.tracker = tracker
+        keys = tracker.client.get_run(tracker.run_id).data.metrics
+        self.last_stored = {key: tracker.last_logged_step(key) for key in keys}
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        fresh = {k: v for k, v in metrics.items() if self.last_stored.get(k) is None or step > self.last_stored[k]}
+        if fresh:
+            self.tracker.log_metrics(fresh, step)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tracker, name)
 
 
 def resume_point(resume: Any, run_dir: Path) -> dict[str, Any] | None:

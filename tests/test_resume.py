@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -22,22 +21,24 @@ from omegaconf import open_dict
 from kbk.errors import KbkError
 from kbk.paths import PROJECT_ROOT
 
-#: ~250 steps over 4 epochs (an evaluation every 20 steps, a checkpoint every 10): a few seconds of training, long
-#: enough to kill mid-run, and it crosses epoch boundaries.
-LONG = [*TINY, "trainer.epochs=4", "trainer.max_steps=null", "trainer.eval_every=20", "trainer.checkpoint_every=10",
+#: ~250 steps over 4 epochs of 62: a few seconds of training, long enough to stop mid-run, across epoch ends.
+#: Checkpoints (and with them the only MLflow flushes) at steps 50, 62, 100, 124, ...; evaluations every 20 steps.
+LONG = [*TINY, "trainer.epochs=4", "trainer.max_steps=null", "trainer.eval_every=20", "trainer.checkpoint_every=50",
         "trainer.log_every=5"]
+#: The progress line after which the run is stopped: the evaluation at step 80 comes 18 steps after the checkpoint
+#: at 62 and 20 before the one at 100, so the stop lands between two flushes, with metrics buffered and unflushed.
+STOP_AFTER = "[kbk] step 80/"
 HISTORY_KEYS = ("train/loss_lm", "val/loss", "train/loss_koopman", "koopman/0/spectral_radius")
 
 
-def start(args: list[str], outputs: Path, log: Path) -> subprocess.Popen:
-    with open(log, "w") as sink:
-        return subprocess.Popen(kbk_command([*args, f"paths.outputs={outputs}"]), stdout=sink,
-                                stderr=subprocess.STDOUT, env=clean_env(), cwd=PROJECT_ROOT)
+def start(args: list[str], outputs: Path) -> subprocess.Popen:
+    return subprocess.Popen(kbk_command([*args, f"paths.outputs={outputs}"]), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=clean_env(), cwd=PROJECT_ROOT)
 
 
-def finish(proc: subprocess.Popen, log: Path, timeout: float = 300) -> str:
-    proc.wait(timeout=timeout)
-    return log.read_text()
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    return out
 
 
 def checkpoint_of(outputs: Path) -> Path | None:
@@ -45,23 +46,16 @@ def checkpoint_of(outputs: Path) -> Path | None:
     return found[0] if found else None
 
 
-def wait_for_checkpoints(proc: subprocess.Popen, outputs: Path, count: int, timeout: float = 240) -> Path:
-    """Wait until the run has written its checkpoint `count` times (each write replaces last.pt)."""
-    deadline, seen, last_mtime = time.monotonic() + timeout, 0, None
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before it could be killed"
-        path = checkpoint_of(outputs)
-        if path is not None:
-            try:
-                mtime = path.stat().st_mtime_ns
-            except FileNotFoundError:  # replaced right now
-                continue
-            if mtime != last_mtime:
-                seen, last_mtime = seen + 1, mtime
-                if seen >= count:
-                    return path
-        time.sleep(0.01)
-    raise AssertionError(f"no {count} checkpoint writes under {outputs} within {timeout} s")
+def run_until(proc: subprocess.Popen, prefix: str, outputs: Path) -> str:
+    """Read the run's output until a line starts with `prefix` (the process keeps running); returns the text."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(prefix):
+            assert checkpoint_of(outputs) is not None, "no checkpoint written yet"
+            return "".join(seen)
+    proc.wait()
+    raise AssertionError(f"the run ended (exit {proc.returncode}) before {prefix!r}:\n{''.join(seen)[-3000:]}")
 
 
 def summary_of(outputs: Path) -> dict:
@@ -82,8 +76,7 @@ def uninterrupted(tmp_path_factory, mlflow_schema):
     outputs = tmp_path_factory.mktemp("uninterrupted") / "outputs"
     outputs.mkdir()
     shutil.copy(mlflow_schema, outputs / "mlflow.db")
-    log = outputs.parent / "run.log"
-    text = finish(start(LONG, outputs, log), log)
+    text = finish(start(LONG, outputs))
     (run,) = mlflow_runs(outputs / "mlflow.db")
     assert run.info.status == "FINISHED", text[-3000:]
     return {"outputs": outputs, "summary": summary_of(outputs), "run": run,
@@ -121,12 +114,12 @@ def assert_same_as_uninterrupted(outputs: Path, reference: dict, label: str) -> 
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted, mlflow_store):
     outputs = tmp_path / "outputs"
     mlflow_store(outputs)
-    log = tmp_path / "killed.log"
-    proc = start(LONG, outputs, log)
-    checkpoint = wait_for_checkpoints(proc, outputs, count=3)
-    time.sleep(0.05)  # land between two checkpoints: metrics buffered since the last one are lost with the process
+    proc = start(LONG, outputs)
+    run_until(proc, STOP_AFTER, outputs)
     proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=60) == -signal.SIGKILL
+    finish(proc, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    checkpoint = checkpoint_of(outputs)
     at_kill = torch.load(checkpoint, weights_only=False)["position"]
     (killed,) = mlflow_runs(outputs / "mlflow.db")
     assert killed.info.status == "RUNNING"  # nothing can end a run on SIGKILL
@@ -135,9 +128,9 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path,
     print(f"SIGKILL: checkpoint at step {at_kill['step']} of {total} (epoch {at_kill['epoch']}); MLflow held "
           f"train/loss_lm up to step {max((s for s, _ in stored), default=None)}")
     assert 0 < at_kill["step"] < total
+    assert max((s for s, _ in stored), default=0) <= at_kill["step"]  # metrics reach MLflow only after a checkpoint
 
-    resumed_log = tmp_path / "resumed.log"
-    text = finish(start([*LONG, "trainer.resume=true"], outputs, resumed_log), resumed_log)
+    text = finish(start([*LONG, "trainer.resume=true"], outputs))
     assert f"resuming {checkpoint} at step {at_kill['step']}" in text, text[-3000:]
     assert "Traceback" not in text
     assert_same_as_uninterrupted(outputs, uninterrupted, "SIGKILL")
@@ -150,12 +143,12 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path,
 def test_sigterm_or_ctrl_c_ends_the_run_killed_and_it_resumes(tmp_path, uninterrupted, mlflow_store, signum):
     outputs = tmp_path / "outputs"
     db = mlflow_store(outputs)
-    log = tmp_path / "stopped.log"
-    proc = start(LONG, outputs, log)
-    checkpoint = wait_for_checkpoints(proc, outputs, count=2)
+    proc = start(LONG, outputs)
+    run_until(proc, STOP_AFTER, outputs)
     proc.send_signal(signum)
-    code = proc.wait(timeout=60)
-    text = log.read_text()
+    text = finish(proc, timeout=60)
+    code = proc.returncode
+    checkpoint = checkpoint_of(outputs)
     (run,) = mlflow_runs(db)
     step = torch.load(checkpoint, weights_only=False)["position"]["step"]
     print(f"{signal.Signals(signum).name}: exit {code}, MLflow status {run.info.status} "
@@ -165,8 +158,7 @@ def test_sigterm_or_ctrl_c_ends_the_run_killed_and_it_resumes(tmp_path, uninterr
     assert signal.Signals(signum).name in run.data.tags.get("kbk.end_reason", "")
     assert "Traceback" not in text, text[-3000:]
 
-    resumed_log = tmp_path / "resumed.log"
-    text = finish(start([*LONG, "trainer.resume=true"], outputs, resumed_log), resumed_log)
+    text = finish(start([*LONG, "trainer.resume=true"], outputs))
     assert "resuming" in text, text[-3000:]
     assert_same_as_uninterrupted(outputs, uninterrupted, signal.Signals(signum).name)
 
