@@ -50,15 +50,11 @@ def compose_kbk(overrides: Sequence[str] = (), hydra: bool = False):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 
-@pytest.fixture
-def compose_config() -> Callable:
-    return compose_kbk
-
-
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in LEAKY_ENV}
     env.setdefault("HF_HUB_OFFLINE", "1")  # never the hub from a test
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("OMP_NUM_THREADS", "1")  # tiny models gain nothing from threads; shared cores lose a lot
     env.update(extra or {})
     return env
 
@@ -143,15 +139,3 @@ def artifact_paths(db: Path, run_id: str) -> set[str]:
         for info in client.list_artifacts(run_id, folders.pop()):
             (folders.append(info.path) if info.is_dir else found.add(info.path))
     return found
-
-
-@pytest.fixture
-def mlflow_reader() -> object:
-    """Read-only helpers on a SQLite store: `.runs(db)`, `.history(db, run_id, key)`, `.artifacts(db, run_id)`."""
-
-    class Reader:
-        runs = staticmethod(mlflow_runs)
-        history = staticmethod(metric_history)
-        artifacts = staticmethod(artifact_paths)
-
-    return Reader()

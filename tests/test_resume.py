@@ -21,13 +21,14 @@ from omegaconf import open_dict
 from kbk.errors import KbkError
 from kbk.paths import PROJECT_ROOT
 
-#: ~250 steps over 4 epochs of 62: a few seconds of training, long enough to stop mid-run, across epoch ends.
-#: Checkpoints (and with them the only MLflow flushes) at steps 50, 62, 100, 124, ...; evaluations every 20 steps.
-LONG = [*TINY, "trainer.epochs=4", "trainer.max_steps=null", "trainer.eval_every=20", "trainer.checkpoint_every=50",
-        "trainer.log_every=5"]
-#: The progress line after which the run is stopped: the evaluation at step 80 comes 18 steps after the checkpoint
-#: at 62 and 20 before the one at 100, so the stop lands between two flushes, with metrics buffered and unflushed.
-STOP_AFTER = "[kbk] step 80/"
+#: 300 steps over 2 epochs (249 steps each): a few seconds, long enough to stop mid-run; the resumed part crosses an
+#: epoch end. Checkpoints (and with them the only MLflow flushes) at steps 100, 200, 249 and 300; an evaluation
+#: every 20 steps.
+LONG = [*TINY, "data.n_train_tokens=16000", "trainer.epochs=2", "trainer.max_steps=300", "trainer.eval_every=20",
+        "trainer.checkpoint_every=100", "trainer.log_every=5"]
+#: The progress line after which the run is stopped: the evaluation at step 120 comes 20 steps after the checkpoint
+#: at 100 and 80 before the next, so the stop lands between two flushes, with metrics buffered and unflushed.
+STOP_AFTER = "[kbk] step 120/"
 HISTORY_KEYS = ("train/loss_lm", "val/loss", "train/loss_koopman", "koopman/0/spectral_radius")
 
 
@@ -151,8 +152,10 @@ def test_sigterm_or_ctrl_c_ends_the_run_killed_and_it_resumes(tmp_path, uninterr
     checkpoint = checkpoint_of(outputs)
     (run,) = mlflow_runs(db)
     step = torch.load(checkpoint, weights_only=False)["position"]["step"]
+    stored = metric_history(db, run.info.run_id, "train/loss_lm")
     print(f"{signal.Signals(signum).name}: exit {code}, MLflow status {run.info.status} "
-          f"({run.data.tags.get('kbk.end_reason')}), last checkpoint at step {step}")
+          f"({run.data.tags.get('kbk.end_reason')}), last checkpoint at step {step}, MLflow held train/loss_lm up to "
+          f"step {max((s for s, _ in stored), default=None)}")
     assert code != 0
     assert run.info.status == "KILLED"
     assert signal.Signals(signum).name in run.data.tags.get("kbk.end_reason", "")
