@@ -9,6 +9,7 @@ database at all, so the path that creates one is covered too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -48,6 +49,20 @@ def compose_kbk(overrides: Sequence[str] = (), hydra: bool = False):
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run in-process training on one thread: a tiny model gains nothing from more, and on shared, busy cores each
+    parallel region waits for every thread to be scheduled (a 0.1 s run can take 30 s)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, clean_env, compose_kbk, kbk_command, metric_history, mlflow_runs
+from conftest import TINY, clean_env, compose_kbk, kbk_command, metric_history, mlflow_runs, one_torch_thread
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
@@ -176,7 +176,8 @@ def run_in_process(overrides: list[str], output_dir: Path):
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
-    return run(cfg, output_dir, sweep=False)
+    with one_torch_thread():
+        return run(cfg, output_dir, sweep=False)
 
 
 @pytest.fixture

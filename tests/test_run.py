@@ -9,7 +9,7 @@ import time
 
 import pytest
 import yaml
-from conftest import TINY, artifact_paths, compose_kbk, metric_history, mlflow_runs
+from conftest import TINY, artifact_paths, compose_kbk, metric_history, mlflow_runs, one_torch_thread
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
@@ -37,7 +37,8 @@ def run_in_process(overrides: list[str], output_dir, write_hydra_dir: bool = Fal
     with open_dict(cfg):
         del cfg["hydra"]  # Hydra's run_job hands the task function the config without it
     start = time.perf_counter()
-    result = run(cfg, output_dir, sweep=False)
+    with one_torch_thread():
+        result = run(cfg, output_dir, sweep=False)
     print(f"in-process run of {overrides[-1]!r}: {time.perf_counter() - start:.1f} s, objective {result!r}")
     return result
 
