@@ -209,7 +209,7 @@ def start_tracking(settings, cfg: DictConfig, output_dir: Path, run_hash: str, c
         refuse_foreign_run(uri, resumed_run, params)
     params.update({k: str(v) for k, v in counts.items()})
     tags = {**run_tags(identity(cfg), repo_dir=Path(__file__).resolve().parent, output_dir=output_dir),
-            "kbk.config_hash": run_hash}
+            "kbk.config_hash": run_hash, "kbk.role": "trial" if os.environ.get(ENV_SWEEP) else "run"}
     trial = os.environ.get(ENV_TRIAL)
     if os.environ.get(ENV_SWEEP):
         tags["kbk.sweep"] = os.environ[ENV_SWEEP]

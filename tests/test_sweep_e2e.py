@@ -273,7 +273,7 @@ def test_plain_multirun_gets_a_parent_run(hydra_sweep_runner, tmp_path):
     out = tmp_path / "out"
     with sweep(hydra_sweep_runner, ["koopman.dim=8,16", *TINY, f"paths.outputs={out}"], tmp_path / "sweep"):
         pass
-    parent, children = parent_and_children(mlflow_runs(out), role="multirun")
+    parent, children = parent_and_children(mlflow_runs(out), role="sweep")
     assert parent.info.status == "FINISHED" and len(children) == 2
     assert sorted(c.data.params["koopman.dim"] for c in children) == ["16", "8"]
     assert "KBK_PARENT_RUN_ID" not in os.environ
@@ -295,7 +295,7 @@ def test_plain_multirun_with_joblib_workers_nests_under_the_parent(tmp_path):
     proc = run_kbk(["koopman.dim=8,16,24", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY,
                     f"paths.outputs={out}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    parent, children = parent_and_children(mlflow_runs(out), role="multirun")
+    parent, children = parent_and_children(mlflow_runs(out), role="sweep")
     assert len(children) == 3 and parent.info.status == "FINISHED"
 
 

@@ -58,7 +58,7 @@ class MultirunParent(Callback):
         overrides = [str(o) for o in config.hydra.overrides.task]
         self._tracker = MlflowTracker.start(
             uri, experiment, run_name=f"multirun-{sweep_dir.name}", flush_interval_s=None,
-            tags={"kbk.role": "multirun", "kbk.sweep": self.sweep_name, "kbk.sweep_dir": str(sweep_dir),
+            tags={"kbk.role": "sweep", "kbk.sweep": self.sweep_name, "kbk.sweep_dir": str(sweep_dir),
                   "kbk.overrides": " ".join(overrides)[:8000]},
         )
         self.parent_run_id = self._tracker.run_id
