@@ -52,7 +52,7 @@ def sweep_settings(cfg: DictConfig, space: dict[str, str], directions: list[str]
     the directions. Stored on the study; a later command with other settings is refused (`check_settings`)."""
     from kbk.tracking.run_info import flatten
 
-    task = OmegaConf.to_container(cfg, resolve=False)
+    task = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)  # `ridge`, as the trials log it
     for key in LOCATION_KEYS:
         task.pop(key, None)
     flat = {k: v for k, v in flatten(task).items() if k not in VOLATILE_KEYS}
