@@ -109,34 +109,63 @@ def test_backward_matches_autograd_through_dense_inverse(loss, z):
     assert ((got32.double() - ref).abs().max() / scale).item() <= 1e-4
 
 
-def test_seed_blend_is_the_documented_heuristic():
-    # N = 1, diag = 1, z = i: G = 1/(1 - i) = (1 + i)/2, G^2 = i/2, 1/G^2 = -2i, so the blended
-    # "derivative" is D = 0.5 (-i/2) + 0.5 (-2i) = -1.25i. For L = Im G, g = i and
-    # dL/d diag = Re(conj(i) D) = -1.25; the exact gradient is Im(-G^2) = -0.5.
+def seed_blend_reference(G, g):
+    """The original project's backward, transcribed from its code: g = dL/dRe G + i dL/dIm G, not conjugated."""
+    G2 = G**2
+    mag = G2.abs()
+    floored = torch.where(mag < 1e-3, G2 / (mag + 1e-9) * 1e-3, G2)
+    grad = -0.5 * (g * G2).real - 0.5 * (g / (floored + 1e-6)).real
+    return torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad)).clamp(-1000, 1000)
+
+
+@pytest.mark.parametrize("fn", [resolvent_diagonal, causal_resolvent_diagonal])
+def test_seed_blend_hand_value_at_one_position(fn):
+    """N = 1, diag = 1 (in the model diag = -2 + v, so v = 3), z = i, L = Im G.
+
+    G = 1/(diag - z) = 1/(1 - i) = (1 + i)/2, so G^2 = (1 + i)^2/4 = i/2. L = Im G gives g = 0 + i·1 = i.
+    The seed's backward, g NOT conjugated:
+        -0.5 Re(g G^2)        = -0.5 Re(i · i/2)  = -0.5 · (-1/2) = +0.25
+        -0.5 Re(g / G^2)      = -0.5 Re(i / (i/2)) = -0.5 · 2     = -1
+    (|G^2| = 0.5 is above the 1e-3 floor; the +1e-6 in the divisor moves the result by 4e-12), total -0.75.
+    The exact gradient is dIm G/d diag = Im(-G^2) = -0.5. The old kbk heuristic (conj g, no floor) gave
+    Re(-i · (0.5(-i/2) + 0.5(-2i))) = -1.25. At N = 1 the causal and bidirectional cores coincide.
+    """
     diag = torch.ones(1, 1, dtype=torch.float64, requires_grad=True)
-    resolvent_diagonal(diag, 1j, grad="seed_blend").imag.sum().backward()
-    assert diag.grad.item() == pytest.approx(-1.25, abs=1e-12)
+    fn(diag, 1j, grad="seed_blend").imag.sum().backward()
+    assert diag.grad.item() == pytest.approx(-0.75, abs=1e-5)
+    assert diag.grad.item() == pytest.approx(0.25 - 0.5 * (1j / (0.5j + 1e-6)).real, abs=1e-14)
     diag.grad = None
-    resolvent_diagonal(diag, 1j).imag.sum().backward()
+    fn(diag, 1j).imag.sum().backward()
     assert diag.grad.item() == pytest.approx(-0.5, abs=1e-12)
 
 
+@pytest.mark.parametrize("fn", [resolvent_diagonal, causal_resolvent_diagonal])
 @pytest.mark.parametrize("z", Z_VALUES)
-def test_seed_blend_matches_its_formula_differs_from_exact_and_is_clipped(z):
-    diag = random_diag(2, 64, seed=5).requires_grad_()
+def test_seed_blend_is_the_seeds_formula_with_its_floor_and_clip(fn, z):
+    # diag up to ±60: |G| ~ 1/60, so |G^2| < 1e-3 at some positions and the floor is exercised.
+    diag = (120 * torch.rand(2, 64, generator=torch.Generator().manual_seed(5), dtype=torch.float64) - 60)
+    diag.requires_grad_()
     w = torch.randn(2, 2, 64, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    for scale in (1.0, 1e4):  # the large loss scale drives the heuristic into its clip
+    G = fn(diag.detach(), z)
+    assert (G.square().abs() < 1e-3).any() and (G.square().abs() > 1e-3).any()
+    for scale in (1.0, 1e5):  # the large loss scale drives the heuristic into its clip
         ws = scale * w
-        blend_g = resolvent_diagonal(diag, z, grad="seed_blend")
-        (blend,) = torch.autograd.grad(LOSSES["linear_re_im"](blend_g, ws), diag)
-        (exact,) = torch.autograd.grad(LOSSES["linear_re_im"](resolvent_diagonal(diag, z), ws), diag)
-        g = resolvent_diagonal(diag.detach(), z)
-        upstream = torch.complex(ws[0], ws[1])  # dL/dRe G + i dL/dIm G
-        formula = (upstream.conj() * (0.5 * -(g**2) + 0.5 / g**2)).real.clamp(-100, 100)
-        torch.testing.assert_close(blend, formula, rtol=1e-12, atol=1e-12)
-        assert blend.abs().max() <= 100
+        (blend,) = torch.autograd.grad(LOSSES["linear_re_im"](fn(diag, z, grad="seed_blend"), ws), diag)
+        (exact,) = torch.autograd.grad(LOSSES["linear_re_im"](fn(diag, z), ws), diag)
+        torch.testing.assert_close(blend, seed_blend_reference(G, torch.complex(ws[0], ws[1])), rtol=1e-12, atol=0)
+        assert blend.abs().max() <= 1000
         assert (blend - exact).abs().max() > 0.1 * exact.abs().max()
-    assert (blend.abs() == 100).any()
+    assert (blend.abs() == 1000).any()
+
+
+def test_seed_blend_sets_non_finite_gradients_to_zero():
+    diag = torch.tensor([[1.0, 0.3, -0.7]], dtype=torch.float64, requires_grad=True)
+    G = resolvent_diagonal(diag, 1j, grad="seed_blend")
+    upstream = torch.tensor([[complex("nan"), 1j, complex(float("inf"), 0)]], dtype=torch.complex128)
+    G.backward(upstream)
+    assert diag.grad[0, 0].item() == 0.0 and diag.grad[0, 2].item() == 0.0
+    assert diag.grad[0, 1].item() == pytest.approx(seed_blend_reference(G.detach(), upstream)[0, 1].item())
+    assert diag.grad[0, 1].item() != 0.0
 
 
 def sequential_ratios(a):

@@ -49,8 +49,11 @@ __all__ = ["causal_resolvent_diagonal", "resolvent_diagonal"]
 
 # Positions per chunk of the chunked scans (see the module docstring; chosen by measurement).
 _CHUNK = 16
-# The seed's heuristic backward clipped its gradient to this magnitude.
-_SEED_BLEND_CLIP = 100.0
+# The seed's heuristic backward: |G^2| floored at this before dividing by it, this added to the divisor, and
+# the result clipped to this magnitude (its constants, kept as they were).
+_SEED_BLEND_FLOOR = 1e-3
+_SEED_BLEND_EPS = 1e-6
+_SEED_BLEND_CLIP = 1000.0
 
 
 def resolvent_diagonal(
@@ -64,11 +67,13 @@ def resolvent_diagonal(
         grad: backward used for ``diag``:
             ``"exact"`` (default): the true gradient ``dL/d diag_j = -Re Σ_i conj(g_i) G_ij^2`` in O(N), where
             ``g_i = dL/dRe G_ii + i dL/dIm G_ii``.
-            ``"seed_blend"``: the original project's heuristic, kept for comparison. It ignores every
-            off-diagonal term ``i != j`` and uses, per position, the complex "derivative"
-            ``D_i = 0.5 * (-G_ii^2) + 0.5 * (1 / G_ii^2)`` in place of ``dG_ii/d diag_i``, so
-            ``dL/d diag_i = clamp(Re(conj(g_i) * D_i), -100, 100)``. There is no floor on ``|G_ii|`` (the
-            original had one): with ``Im z > 0``, ``|G_ii|`` is bounded away from 0.
+            ``"seed_blend"``: the original project's heuristic backward, reproduced exactly for comparison. It
+            ignores every off-diagonal term ``i != j`` and, with ``g_i`` as above (NOT conjugated), computes
+            ``grad_i = -0.5 Re(g_i G_ii^2) - 0.5 Re(g_i / (G̃_ii^2 + 1e-6))``, where ``G̃^2`` is ``G^2``
+            with its magnitude floored at 1e-3 (phase kept), then sets NaN/Inf to 0 and clips to ±1000. The
+            first half is the diagonal term of the exact gradient without its conjugation, the second the
+            seed's "hypothesis-7" ``-g / G^2``; it is neither the gradient nor a descent direction in general
+            (N = 1, diag = 1, z = i, L = Im G: -0.75 where the exact gradient is -0.5).
         dtype: ``torch.complex64`` or ``torch.complex128`` to compute and return in; default complex128 for
             float64 input, complex64 otherwise.
 
@@ -177,9 +182,14 @@ class _SeedBlendResolventDiagonal(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_G):
         (G,) = ctx.saved_tensors
+        g = grad_G.to(G.dtype)  # dL/dRe G + i dL/dIm G; the seed did not conjugate it
         G2 = G.square()
-        blend = 0.5 * (-G2) + 0.5 * torch.reciprocal(G2)  # heuristic "dG_ii/d diag_i"; see resolvent_diagonal
-        grad_diag = (grad_G.to(G.dtype).conj() * blend).real.clamp(-_SEED_BLEND_CLIP, _SEED_BLEND_CLIP)
+        mag = G2.abs()
+        # The seed's floor: phase kept, magnitude raised to the floor (its +1e-9 guards a zero G^2).
+        floored = torch.where(mag < _SEED_BLEND_FLOOR, G2 / (mag + 1e-9) * _SEED_BLEND_FLOOR, G2)
+        grad_diag = -0.5 * (g * G2).real - 0.5 * (g / (floored + _SEED_BLEND_EPS)).real
+        grad_diag = torch.nan_to_num(grad_diag, nan=0.0, posinf=0.0, neginf=0.0)
+        grad_diag = grad_diag.clamp(-_SEED_BLEND_CLIP, _SEED_BLEND_CLIP)
         return grad_diag.to(ctx.real_dtype), None, None, None
 
 
