@@ -64,7 +64,8 @@ def koopman_options(cfg: KbkConfig) -> KoopmanOptions | None:
     return KoopmanOptions(
         dim=k.dim, operator_update=as_plain(k.operator_update), init=k.init, init_scale=k.init_scale,
         detach_backbone=k.detach_backbone, detach_targets=k.detach_targets, linear_weight=k.linear_weight,
-        recon_weight=k.recon_weight, pred_weight=k.pred_weight, sample_tokens=k.sample_tokens, dmd=dmd,
+        linear_loss=k.linear_loss, recon_weight=k.recon_weight, pred_weight=k.pred_weight,
+        sample_tokens=k.sample_tokens, dmd=dmd,
     )
 
 
@@ -77,7 +78,7 @@ def model(cfg: KbkConfig, vocab_size: int) -> torch.nn.Module:
     return KoopmanResNetBKLM(
         vocab_size, d_model=m.d_model, n_layers=m.n_layers, n_seq=m.n_seq, num_experts=m.num_experts,
         top_k=m.top_k, dropout=m.dropout, v_max=m.v_max, z=complex(m.z_real, m.z_imag), bk_grad=m.bk_grad,
-        causal=m.causal, koopman=koopman_options(cfg),
+        causal=m.causal, koopman=koopman_options(cfg), moe_scale_by_router=m.moe_scale_by_router,
     )
 
 

@@ -48,6 +48,7 @@ class ModelConfig:
     z_imag: float = 1.0
     bk_grad: str = "exact"  # "exact" | "seed_blend" (the seed's heuristic backward, for comparison)
     causal: bool = True  # False: the seed's bidirectional BK-Core, which lets position i see tokens after i
+    moe_scale_by_router: bool = True  # False: the seed's top-1 MoE (expert output unscaled; router gets no gradient)
     n_heads: int = 4  # transformer baseline only
 
 
@@ -61,6 +62,7 @@ class KoopmanConfig:
     detach_backbone: bool = True
     detach_targets: bool = False
     linear_weight: float = 1.0
+    linear_loss: str = "mse"  # "mse" | "huber" (the seed's smooth-L1 auxiliary loss)
     recon_weight: float = 1.0
     pred_weight: float = 1.0
     sample_tokens: int | None = 256
@@ -191,6 +193,7 @@ RULES: list[tuple[str, Any, str]] = [
     ("koopman.init_scale", lambda v: v >= 0, "a number >= 0"),
     ("koopman.sample_tokens", lambda v: v is None or v > 0, "an integer > 0, or null for all tokens"),
     ("koopman.linear_weight", lambda v: v >= 0, "a number >= 0"),
+    ("koopman.linear_loss", lambda v: v in ("mse", "huber"), "one of mse, huber"),
     ("koopman.recon_weight", lambda v: v >= 0, "a number >= 0"),
     ("koopman.pred_weight", lambda v: v >= 0, "a number >= 0"),
     ("schedule.min_weight", lambda v: v >= 0, "a number >= 0"),
@@ -259,6 +262,11 @@ def validate(cfg: Any) -> None:
         raise ConfigError(
             f"model.top_k={_get(cfg, 'model.top_k')} is not allowed: it must be <= model.num_experts="
             f"{_get(cfg, 'model.num_experts')}"
+        )
+    if not _get(cfg, "model.moe_scale_by_router") and _get(cfg, "model.top_k") != 1:
+        raise ConfigError(
+            f"model.top_k={_get(cfg, 'model.top_k')} is not allowed with model.moe_scale_by_router=false (the seed's "
+            f"unscaled MoE is top-1 only): set model.top_k=1 or model.moe_scale_by_router=true"
         )
     if _get(cfg, "model.d_model") % _get(cfg, "model.n_heads") and _get(cfg, "model.arch") == "transformer":
         raise ConfigError(f"model.n_heads={_get(cfg, 'model.n_heads')} must divide model.d_model")

@@ -34,6 +34,8 @@ from kbk.models.resnet_bk import ResNetBKLayer
 OPERATOR_UPDATES = ("gradient", "dmd", "both")
 OPERATOR_INITS = ("identity_noise", "orthogonal")
 LAYER_MODES = ("standard", "koopman", "skip")
+# The linear term's penalty: squared error, or the seed's Huber (smooth L1 with beta 1, mean over entries).
+LINEAR_LOSSES = {"mse": F.mse_loss, "huber": F.smooth_l1_loss}
 
 
 @dataclass
@@ -47,6 +49,7 @@ class KoopmanOptions:
     detach_backbone: bool = True
     detach_targets: bool = False  # stop-gradient through z⁺ in the linear term
     linear_weight: float = 1.0
+    linear_loss: str = "mse"  # "mse" | "huber" (the seed's auxiliary loss, with recon/pred weights 0)
     recon_weight: float = 1.0
     pred_weight: float = 1.0
     sample_tokens: int | None = 256  # tokens per step for the Koopman terms; None = all
@@ -59,6 +62,8 @@ class KoopmanOptions:
             raise ValueError(f"operator_update must be one of {OPERATOR_UPDATES}, got {self.operator_update!r}")
         if self.init not in OPERATOR_INITS:
             raise ValueError(f"init must be one of {OPERATOR_INITS}, got {self.init!r}")
+        if self.linear_loss not in LINEAR_LOSSES:
+            raise ValueError(f"linear_loss must be one of {tuple(LINEAR_LOSSES)}, got {self.linear_loss!r}")
         if self.sample_tokens is not None and self.sample_tokens <= 0:
             raise ValueError(f"sample_tokens must be > 0 or None (all tokens), got {self.sample_tokens}")
 
@@ -104,7 +109,7 @@ class KoopmanDynamics(nn.Module):
         z, z_next = self.lift(u), self.lift(nxt)
         target = z_next.detach() if opts.detach_targets else z_next
         z_pred = self.advance(z)
-        linear = F.mse_loss(z_pred, target)
+        linear = LINEAR_LOSSES[opts.linear_loss](z_pred, target)
         recon = F.mse_loss(self.unlift(z_next), nxt)
         pred = F.mse_loss(self.unlift(z_pred), nxt)
         total = opts.linear_weight * linear + opts.recon_weight * recon + opts.pred_weight * pred
@@ -160,6 +165,7 @@ class KoopmanResNetBKLM(nn.Module):
         bk_grad: str = "exact",
         causal: bool = True,
         koopman: KoopmanOptions | None = None,
+        moe_scale_by_router: bool = True,
     ) -> None:
         super().__init__()
         self.n_seq = n_seq
@@ -167,7 +173,8 @@ class KoopmanResNetBKLM(nn.Module):
         self.token_embedding = nn.Embedding(vocab_size, d_model)
         self.position_embedding = nn.Embedding(n_seq, d_model)
         layer_kwargs = dict(
-            num_experts=num_experts, top_k=top_k, dropout=dropout, v_max=v_max, z=z, bk_grad=bk_grad, causal=causal
+            num_experts=num_experts, top_k=top_k, dropout=dropout, v_max=v_max, z=z, bk_grad=bk_grad, causal=causal,
+            moe_scale_by_router=moe_scale_by_router,
         )
         self.blocks = nn.ModuleList(ResNetBKBlock(d_model, layer_kwargs, koopman) for _ in range(n_layers))
         self.final_norm = nn.LayerNorm(d_model)

@@ -31,13 +31,14 @@ class ResNetBKLayer(nn.Module):
         z: complex = 1j,
         bk_grad: str = "exact",
         causal: bool = True,
+        moe_scale_by_router: bool = True,
     ) -> None:
         super().__init__()
         self.v_max = v_max
         self.z = complex(z)
         self.bk_grad = bk_grad
         self.causal = causal
-        self.moe = SparseMoE(d_model, num_experts, top_k, dropout)
+        self.moe = SparseMoE(d_model, num_experts, top_k, dropout, scale_by_router=moe_scale_by_router)
         self.v_proj = nn.Linear(d_model, 1)
         self.output_proj = nn.Linear(2, d_model)
         self.bk_scale = nn.Parameter(torch.tensor(1.0))
