@@ -116,6 +116,7 @@ class DataConfig:
     lowercase: bool | None = None
     eos: bool | None = None
     hf_cache_dir: str | None = None
+    prepare_command: str | None = None  # text: the command that writes a prepared corpus (named when it is missing)
     hub_timeout_s: float | None = None
 
 

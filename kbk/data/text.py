@@ -32,10 +32,14 @@ def split_text(text: str, val_fraction: float) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-def find_files(path: Path) -> tuple[list[Path], list[Path] | None]:
-    """(training files, validation files or None when the validation part is cut from the end)."""
+def find_files(path: Path, prepare_command: str | None = None) -> tuple[list[Path], list[Path] | None]:
+    """(training files, validation files or None when the validation part is cut from the end).
+
+    `prepare_command`: the command that writes the corpus (a prepared corpus's preset names it), told to the user
+    when the files are missing."""
     if not path.exists():
-        raise DataError(f"data.path={path} does not exist: {_FIX}")
+        fix = f"prepare the corpus with `{prepare_command}`" if prepare_command else _FIX
+        raise DataError(f"data.path={path} does not exist: {fix}")
     if path.is_file():
         return [path], None
     train = path / "train.txt"
@@ -57,19 +61,21 @@ def load_text(
     lowercase: bool = False,
     eos: bool = True,
     cache_dir: str | Path | None = None,
+    prepare_command: str | None = None,
 ) -> Corpus:
     """Tokenise local text.
 
     `path`: a `.txt` file, or a folder (its `train.txt` + `valid.txt` when both exist, else every `*.txt`
     below it, concatenated in sorted order, the last `val_fraction` being validation). `tokenizer`: "char" |
-    "word" (capped at `max_vocab`, `<eos>` per line if `eos`) | "bpe" (`bpe_vocab_size`).
+    "word" (capped at `max_vocab`, `<eos>` per line if `eos`) | "bpe" (`bpe_vocab_size`). `prepare_command`: what
+    the missing-path error tells the user to run (e.g. `python experiments/data/kjv.py`).
     """
     if path is None or str(path) == "":
         raise DataError(f"data=text needs data.path: {_FIX}")
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1 (e.g. 0.1)")
     path = Path(path).expanduser()
-    train_files, val_files = find_files(path)
+    train_files, val_files = find_files(path, prepare_command)
 
     def read_texts() -> tuple[str, str]:
         # each file ends in a newline so the last line of one never runs into the first line of the next
