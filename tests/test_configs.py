@@ -178,7 +178,7 @@ def test_seed_colab_preset_is_the_seeds_colab_run():
     assert (d.buffer_size, d.alpha) == (100, 0.1)
     assert t.epochs == 5 and t.batch_size == 32 and t.lr == 1e-3
     assert (s.warmup, s.unit, s.max_weight) == (3, "epoch", 0.1)  # Koopman from (0-based) epoch 3, up to 0.1
-    assert settings.data.source == "wikitext2" and settings.data.max_vocab == 30_000
+    assert settings.data.source == "wikitext2" and (settings.data.max_vocab, settings.data.eos) == (29_999, False)
     model = build.model(settings, vocab_size=30_000)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"seed_colab model with vocab 30,000: {n_params:,} parameters")
