@@ -47,6 +47,22 @@ def test_moe_top2_routes_to_two_experts():
     torch.testing.assert_close(moe(x), expected)
 
 
+def test_moe_unscaled_is_the_seeds_top1_and_its_router_gets_no_gradient():
+    torch.manual_seed(1)
+    moe = SparseMoE(8, num_experts=3, top_k=1, dropout=0.0, scale_by_router=False)
+    x = torch.randn(2, 5, 8)
+    best = moe.router(x).argmax(-1)  # the seed routed by the argmax of the logits
+    dense = torch.stack([e(x) for e in moe.experts], dim=-2)
+    expected = dense.gather(-2, best[..., None, None].expand(2, 5, 1, 8)).squeeze(-2)  # not scaled by a probability
+    out = moe(x)
+    torch.testing.assert_close(out, expected)
+    out.square().sum().backward()
+    assert moe.router.weight.grad is None and moe.router.bias.grad is None
+    assert moe.experts[int(best[0, 0])][0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="top_k=1"):
+        SparseMoE(8, num_experts=3, top_k=2, scale_by_router=False)
+
+
 @pytest.mark.parametrize("t", [0, 5, 11])
 def test_causal_model_never_sees_later_tokens(t):
     model = tiny(causal=True).eval()
@@ -98,6 +114,24 @@ def test_koopman_terms_match_their_definitions():
     torch.testing.assert_close(t["recon"], ((dyn.unlift(zn) - nxt) ** 2).mean())
     torch.testing.assert_close(t["pred"], ((dyn.unlift(z @ dyn.operator.T) - nxt) ** 2).mean())
     torch.testing.assert_close(t["total"], t["linear"] + t["recon"] + t["pred"])
+
+
+def test_huber_linear_loss_is_the_seeds_smooth_l1_on_the_linear_term():
+    model = tiny(KoopmanOptions(dim=16, sample_tokens=None, linear_loss="huber", init_scale=3.0))
+    block = model.blocks[0]
+    dyn = block.koopman
+    x = 3 * torch.randn(2, 6, 16)
+    _, t = block(x, sample=torch.arange(12))
+    u = block.norm(x).reshape(-1, 16)
+    nxt = u + block.layer(block.norm(x)).reshape(-1, 16)
+    err = dyn.lift(nxt) - dyn.lift(u) @ dyn.operator.T
+    # smooth L1 with beta 1: quadratic below 1, linear above; the errors here reach both branches
+    assert (err.abs() < 1).any() and (err.abs() > 1).any()
+    huber = torch.where(err.abs() < 1, 0.5 * err**2, err.abs() - 0.5).mean()
+    torch.testing.assert_close(t["linear"], huber)
+    assert not torch.allclose(t["linear"], (err**2).mean())
+    with pytest.raises(ValueError, match="linear_loss"):
+        KoopmanOptions(linear_loss="l1")
 
 
 @pytest.mark.parametrize("detach", [True, False])

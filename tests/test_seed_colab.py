@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from kbk import build
 from kbk.config import validate
 from kbk.data.wikitext2 import HUB_CONFIG
+from kbk.errors import ConfigError
 from kbk.training.schedules import KoopmanWeightSchedule
 
 SEED_PARAMS = 5_066_952  # the seed's Colab report
@@ -119,3 +120,9 @@ def test_seed_colab_schedule_gives_the_seeds_weights_and_the_documented_edge_cas
     assert [step.weight(p) for p in (0, 1, 2, 3, 4)] == [0, pytest.approx(0.1), pytest.approx(0.2), 0.3, 0.3]
     edge = KoopmanWeightSchedule("linear", 0.0, 0.1, warmup=3, total=3)
     assert [edge.weight(e) for e in (2, 3, 4)] == [0, 0.1, 0.1]
+
+
+def test_the_seeds_unscaled_moe_refuses_top2_before_any_work():
+    settings = OmegaConf.to_object(compose_kbk(["experiment=seed_colab", "model.top_k=2"]))
+    with pytest.raises(ConfigError, match=r"^model.top_k=2 is not allowed with model.moe_scale_by_router=false"):
+        validate(settings)
