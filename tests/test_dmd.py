@@ -371,3 +371,32 @@ def test_runs_on_cuda_with_cuda_pairs_and_operator():
     operator = torch.zeros(k, k, device="cuda")
     assert dmd.update(operator)
     assert rel(operator.cpu(), a) <= 1e-3
+
+
+def test_ridge_update_skips_the_eigendecomposition_when_the_bound_suffices_and_reports_the_exact_condition(
+    monkeypatch,
+):
+    # λ = ridge·trace(G)/k and λ_max(G) ≤ trace(G) bound the condition by 1 + k/ridge = 1 + 16/1e-3 < 1e8: the
+    # training step needs no eigvalsh; the condition number is computed (exactly) only when someone reads it.
+    k = 16
+    g = torch.Generator().manual_seed(17)
+    z, z_next = torch.randn(40, k, generator=g), torch.randn(40, k, generator=g)
+    lazy = StreamingDMD(k, buffer_size=40, ridge=1e-3)
+    lazy.push(z, z_next)
+    calls = []
+    real_eigvalsh = torch.linalg.eigvalsh
+    monkeypatch.setattr(torch.linalg, "eigvalsh", lambda a: calls.append(1) or real_eigvalsh(a))
+    assert lazy.update(torch.eye(k))
+    assert calls == []
+    z64 = z.double()
+    gram = z64.mT @ z64
+    system = gram + 1e-3 * torch.trace(gram) / k * torch.eye(k, dtype=torch.float64)
+    eig = real_eigvalsh(system)
+    assert lazy.stats()["condition"] == float(eig[-1] / eig[0])
+    assert len(calls) == 1
+    assert float(lazy.state_dict()["last_condition"]) == float(eig[-1] / eig[0])  # settled before saving
+    # A bound above max_condition: the exact check runs at once (and refuses: 10 pairs leave G singular), as before.
+    strict = StreamingDMD(k, buffer_size=10, ridge=1e-3, max_condition=100.0)
+    strict.push(z[:10], z_next[:10])
+    assert not strict.update(torch.eye(k)) and "ill-conditioned" in strict.last_reject_reason
+    assert len(calls) == 2

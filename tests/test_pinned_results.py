@@ -57,7 +57,7 @@ def digest(trainer: HybridTrainer) -> str:
 
 
 EXPECTED = {
-    'both': {
+    "both": {
         "last_losses": [
             "20:train/loss_lm=0x1.dcdee00000000p+1",
             "20:train/loss_koopman=0x1.0bbc3c0000000p+1",
@@ -75,7 +75,7 @@ EXPECTED = {
             "koopman/0/state_rel_err": 1.4955860986476435,
         },
     },
-    'dmd': {
+    "dmd": {
         "last_losses": [
             "20:train/loss_lm=0x1.dcd6280000000p+1",
             "20:train/loss_koopman=0x1.0e7d440000000p+1",

@@ -20,7 +20,9 @@ All linear algebra is done in float64; the estimate comes back in the buffer dty
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -51,25 +53,38 @@ def lstsq_operator(z: Tensor, z_next: Tensor, rtol: float = 1e-6) -> tuple[Tenso
     return k_transposed.mT, condition
 
 
+def regularised_condition(system: Tensor) -> float:
+    """Condition number of a symmetric positive semi-definite `system` (inf when singular), by its eigenvalues."""
+    eig = torch.linalg.eigvalsh(system)  # ascending
+    return float(eig[-1] / eig[0]) if eig[0] > 0 else math.inf
+
+
 def ridge_operator(
-    gram: Tensor, cross: Tensor, ridge: float, max_condition: float = math.inf
-) -> tuple[Tensor | None, float]:
+    gram: Tensor, cross: Tensor, ridge: float, max_condition: float = math.inf, lazy_condition: bool = False
+) -> tuple[Tensor | None, float | Callable[[], float]]:
     """Ridge operator `K = (H + λI)(G + λI)⁻¹` toward `K_prior = I`, and the condition of `G + λI`.
 
     `gram` is `G = ZᵀZ`, `cross` is `H = Z'ᵀZ` (any common positive scaling, e.g. per-sample means, gives
     the same `K`), `λ = ridge · trace(G) / k`. When the condition number exceeds `max_condition` the solve
     is skipped (its result would be noise, or it would raise) and `None` is returned in place of `K`.
     Computed in float64.
+
+    The condition number needs an eigendecomposition, as costly as the solve itself. But `λ_max(G) ≤ trace(G)`
+    bounds it by `1 + k / ridge` whenever `0 < trace(G) < ∞`; with `lazy_condition`, when that bound is within
+    `max_condition` no check is needed, and the condition comes back as a function that computes it on demand.
     """
     gram, cross = gram.double(), cross.double()
     k = gram.shape[0]
     eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
-    lam = ridge * torch.trace(gram) / k
+    trace = torch.trace(gram)
+    lam = ridge * trace / k
     system = gram + lam * eye
-    eig = torch.linalg.eigvalsh(system)  # ascending; the system is symmetric PSD
-    condition = float(eig[-1] / eig[0]) if eig[0] > 0 else math.inf
-    if not condition <= max_condition:  # also catches NaN
-        return None, condition
+    if lazy_condition and ridge > 0 and 0 < float(trace) < math.inf and 1 + k / ridge <= max_condition:
+        condition: float | Callable[[], float] = functools.partial(regularised_condition, system)
+    else:
+        condition = regularised_condition(system)
+        if not condition <= max_condition:  # also catches NaN
+            return None, condition
     # K (G + λI) = H + λI  ⇔  (G + λI) Kᵀ = (H + λI)ᵀ, as G + λI is symmetric: one solve, no explicit inverse.
     k_transposed = torch.linalg.solve(system, (cross + lam * eye).mT)
     return k_transposed.mT, condition
@@ -138,6 +153,10 @@ class StreamingDMD(torch.nn.Module):
         # Plain Python state (saved as the module's extra state): counting steps needs no device sync.
         self.n_steps = 0
         self.last_reject_reason = ""
+        # The last update's condition number when the ridge bound made computing it unnecessary: computed into
+        # `last_condition` only when read (`stats`, `state_dict`), not on every training step.
+        self._pending_condition: Callable[[], float] | None = None
+        self.register_state_dict_pre_hook(StreamingDMD._settle_before_saving)
 
     # ---- counters --------------------------------------------------------------------------------
 
@@ -163,8 +182,23 @@ class StreamingDMD(torch.nn.Module):
             "n_accepted": float(self.n_accepted),
             "n_rejected": float(self.n_rejected),
             "accept_rate": self.n_accepted / attempts if attempts else math.nan,
-            "condition": float(self.last_condition),
+            "condition": self.condition,
         }
+
+    @property
+    def condition(self) -> float:
+        """Condition number of the system the last update solved (or refused), NaN before any."""
+        self._settle_condition()
+        return float(self.last_condition)
+
+    def _settle_condition(self) -> None:
+        if self._pending_condition is not None:
+            self.last_condition.fill_(self._pending_condition())
+            self._pending_condition = None
+
+    @staticmethod
+    def _settle_before_saving(module: StreamingDMD, prefix: str, keep_vars: bool) -> None:
+        module._settle_condition()
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"n_steps": self.n_steps, "last_reject_reason": self.last_reject_reason}
@@ -172,6 +206,7 @@ class StreamingDMD(torch.nn.Module):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.n_steps = int(state.get("n_steps", 0))
         self.last_reject_reason = str(state.get("last_reject_reason", ""))
+        self._pending_condition = None  # the loaded `last_condition` is the settled value
 
     # ---- data ------------------------------------------------------------------------------------
 
@@ -223,16 +258,17 @@ class StreamingDMD(torch.nn.Module):
 
     # ---- estimate and update ---------------------------------------------------------------------
 
-    def _solve(self, max_condition: float = math.inf) -> tuple[Tensor | None, float] | None:
-        """(K in float64 or None if too ill-conditioned to solve, condition number); None without data."""
+    def _solve(self, max_condition: float = math.inf) -> tuple[Tensor | None, float | Callable[[], float]] | None:
+        """(K in float64 or None if too ill-conditioned to solve, condition number or a function computing it);
+        None without data."""
         if self.n_pairs == 0:
             return None
         if self.estimator == "forgetting":
-            return ridge_operator(self.gram, self.cross, self.ridge, max_condition)
+            return ridge_operator(self.gram, self.cross, self.ridge, max_condition, lazy_condition=True)
         z, z_next = self.z[: self.n_pairs].double(), self.z_next[: self.n_pairs].double()
         if self.estimator == "lstsq":
             return lstsq_operator(z, z_next, self.svd_rtol)
-        return ridge_operator(z.mT @ z, z_next.mT @ z, self.ridge, max_condition)
+        return ridge_operator(z.mT @ z, z_next.mT @ z, self.ridge, max_condition, lazy_condition=True)
 
     @torch.no_grad()
     def estimate(self) -> Tensor | None:
@@ -253,10 +289,14 @@ class StreamingDMD(torch.nn.Module):
         if solved is None:
             return None, "no pairs yet"
         k_dmd, condition = solved
-        self.last_condition.fill_(condition)
-        if not condition <= self.max_condition:
-            limit = self.max_condition
-            return None, f"ill-conditioned: condition number {condition:.3g} > max_condition {limit:.3g}"
+        if callable(condition):  # within max_condition by the ridge bound: computed only if someone reads it
+            self._pending_condition = condition
+        else:
+            self._pending_condition = None
+            self.last_condition.fill_(condition)
+            if not condition <= self.max_condition:
+                limit = self.max_condition
+                return None, f"ill-conditioned: condition number {condition:.3g} > max_condition {limit:.3g}"
         if not bool(torch.isfinite(k_dmd).all()):
             return None, "non-finite estimate"
         return k_dmd, ""
