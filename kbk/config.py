@@ -8,6 +8,9 @@ arguments.
 
 from __future__ import annotations
 
+import math
+import os
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any
@@ -221,6 +224,8 @@ RULES: list[tuple[str, Any, str]] = [
     ("trainer.log_every", lambda v: v > 0, "an integer > 0"),
     ("trainer.checkpoint_every", lambda v: v is None or v > 0, "an integer > 0, or null for each evaluation"),
     ("trainer.max_nan_steps", lambda v: v > 0, "an integer > 0"),
+    ("trainer.device", lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
+     "one of auto, cpu, cuda, cuda:<index>, mps"),
     ("trainer.resume", lambda v: isinstance(v, bool) or (isinstance(v, str) and v != ""),
      "true, false, or a checkpoint path"),
     ("tracking.backend", lambda v: v in ("mlflow", "none"), "one of mlflow, none"),
@@ -249,8 +254,20 @@ def check_known_keys(node: Any, schema: type = None, prefix: str = "") -> None:
             check_known_keys(node[key], hints[key], f"{prefix}{key}.")
 
 
+def check_finite(node: Any, prefix: str = "") -> None:
+    """NaN and ±inf are refused for every number: no setting means "unbounded" by them, and they would pass
+    every range check (inf > 0) to fail later, mid-run."""
+    for key, value in (as_plain(node).items() if prefix == "" else node.items()):
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            check_finite(value, f"{name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}={value} is not allowed: it must be a finite number")
+
+
 def validate(cfg: Any) -> None:
     """Raise `ConfigError` for the first out-of-range value: the key, the value, and what is allowed."""
+    check_finite(cfg)
     for key, ok, allowed in RULES:
         value = _get(cfg, key)
         try:
@@ -282,6 +299,101 @@ def validate(cfg: Any) -> None:
         raise ConfigError(
             f"optimized_metric={metric!r} is not allowed: it must be a metric name such as 'val/ppl', or a list "
             f"of them"
+        )
+    unknown = [n for n in names if not produces_metric(cfg, n)]
+    if unknown:
+        raise ConfigError(
+            f"optimized_metric={metric!r} is not allowed: this run does not produce {', '.join(unknown)}; it "
+            f"produces {', '.join(produced_metrics(cfg))}"
+        )
+    check_size(cfg)
+
+
+# ------------------------------------------------------------------------------------- what a run produces
+# The summary's metrics (what `optimized_metric` may name), by what they need (see HybridTrainer.fit).
+RUN_METRICS = ("val/loss", "val/ppl", "perf/step_ms", "perf/tokens_per_s")
+FLOOR_METRICS = ("val/loss_floor", "val/ppl_floor")  # synthetic data: its Bayes-optimal loss is known
+KOOPMAN_METRICS = ("val/loss_koopman", "val/ppl_koopman")
+# Families whose names vary with the layer and the diagnostics (koopman/<layer>/<diagnostic>, events/<event>).
+EVENT_PATTERN = r"events/[a-z_]+"
+KOOPMAN_LAYER_PATTERN = r"koopman/(\d+)/[a-z_0-9]+"
+
+
+def _has_koopman(cfg: Any) -> bool:
+    return bool(_get(cfg, "koopman.enabled")) and _get(cfg, "model.arch") == "resnet_bk"
+
+
+def produced_metrics(cfg: Any) -> list[str]:
+    """The summary metrics a run with these settings produces, for messages (families as patterns)."""
+    names = list(RUN_METRICS)
+    if _get(cfg, "data.source") == "synthetic":
+        names += FLOOR_METRICS
+    if _has_koopman(cfg):
+        names += [*KOOPMAN_METRICS, f"koopman/<0..{_get(cfg, 'model.n_layers') - 1}>/<diagnostic>"]
+    return [*names, "events/<event>"]
+
+
+def produces_metric(cfg: Any, name: str) -> bool:
+    if name in RUN_METRICS or re.fullmatch(EVENT_PATTERN, name):
+        return True
+    if name in FLOOR_METRICS:
+        return _get(cfg, "data.source") == "synthetic"
+    layer = re.fullmatch(KOOPMAN_LAYER_PATTERN, name)
+    if name in KOOPMAN_METRICS or layer:
+        return _has_koopman(cfg) and (layer is None or int(layer.group(1)) < _get(cfg, "model.n_layers"))
+    return False
+
+
+# ------------------------------------------------------------------------------------------- size sanity
+BYTES_PER_FLOAT = 4
+#: Weights, gradients and Adam's two moments: four floats per parameter while training.
+TRAINING_COPIES = 4
+
+
+def memory_estimate(cfg: Any) -> dict[str, float]:
+    """A lower bound on a run's memory in bytes: parameters (as trained: with gradients and Adam's state) and
+    the activations of one step, counting only the terms that dominate (the Koopman operators grow as dim²)."""
+    d, layers, n_seq = _get(cfg, "model.d_model"), _get(cfg, "model.n_layers"), _get(cfg, "model.n_seq")
+    batch = _get(cfg, "trainer.batch_size")
+    vocab = next((v for v in (_get(cfg, "data.vocab_size"), _get(cfg, "data.max_vocab"),
+                              _get(cfg, "data.bpe_vocab_size")) if v), 0)
+    tokens = batch * n_seq
+    per_layer = _get(cfg, "model.num_experts") * 4 * d * d
+    activations = layers * tokens * d * 8
+    if _has_koopman(cfg):
+        k = _get(cfg, "koopman.dim")
+        per_layer += 3 * k * k + 2 * d * k  # lift, unlift, operator
+        sampled = min(_get(cfg, "koopman.sample_tokens") or tokens, tokens)
+        activations += layers * (sampled * k * 4 + _get(cfg, "dmd.buffer_size") * k * 2)
+    parameters = layers * per_layer + (2 * vocab + n_seq) * d
+    return {"parameters": float(parameters) * TRAINING_COPIES * BYTES_PER_FLOAT,
+            "activations": float(activations) * BYTES_PER_FLOAT}
+
+
+def machine_memory(device: str) -> tuple[float, str]:
+    """Bytes of memory on the device a run would use, and its name."""
+    if device != "cpu":
+        import torch
+
+        if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+            index = int(device.split(":")[1]) if ":" in device else 0
+            if torch.cuda.is_available() and index < torch.cuda.device_count():
+                return float(torch.cuda.get_device_properties(index).total_memory), f"GPU cuda:{index}"
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "RAM"
+
+
+def check_size(cfg: Any) -> None:
+    """Refuse a model that cannot fit, before any memory is allocated, with the numbers."""
+    estimate = memory_estimate(cfg)
+    need = sum(estimate.values())
+    have, where = machine_memory(_get(cfg, "trainer.device"))
+    if need > have:
+        gib = 2.0**30
+        raise ConfigError(
+            f"the model needs at least {need / gib:,.1f} GiB (parameters with gradients and Adam state "
+            f"{estimate['parameters'] / gib:,.1f} GiB, activations {estimate['activations'] / gib:,.1f} GiB) but "
+            f"this machine has {have / gib:,.1f} GiB of {where}: lower koopman.dim (now {_get(cfg, 'koopman.dim')}),"
+            f" model.d_model ({_get(cfg, 'model.d_model')}), model.n_layers, model.n_seq or trainer.batch_size"
         )
 
 

@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
+import re
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +32,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from kbk.errors import ConfigError, KbkError
 from kbk.sweep import ENV_PARENT_RUN, ENV_PRUNER, ENV_STORAGE, ENV_STUDY, ENV_SWEEP, ENV_TRIAL
+from kbk.tracking.store import redact_text, url_password
 
 log = logging.getLogger(__name__)
 
 SETTINGS_ATTR = "kbk.settings"
-#: Seconds a process that found the study already created waits for its creator to finish setting it up.
+#: The process that created the study ({host, pid, start_ticks, beat}): a process waiting for the study's setup
+#: takes it over at once when that process is gone.
+CREATOR_ATTR = "kbk.creator"
+#: Seconds a process that found the study already created waits for its creator (alive, or on another host) to
+#: finish setting it up.
 SETUP_WAIT_S = 120.0
+#: Study names become file and folder names (the journal, a preset's sweep folder): no separators, no dot first.
+STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 #: Seconds between looks at the study while other processes run the last trials.
 POLL_S = 1.0
 #: Config keys that say where things go rather than what is computed: they may differ between resumes.
@@ -77,6 +89,28 @@ def check_settings(study: Any, settings: dict[str, str], storage: str) -> None:
     )
 
 
+def check_study_name(name: str) -> None:
+    if not STUDY_NAME.fullmatch(str(name)):
+        raise ConfigError(f"hydra.sweeper.study_name={name!r} is not allowed: use up to 128 letters, digits, '-', "
+                          "'_' and '.', not starting with '.' (it names files and folders under the outputs folder).")
+
+
+@dataclass
+class SweepPlan:
+    """The sweep's settings, checked."""
+
+    metrics: list[str]
+    space: Any
+    sampler_spec: dict[str, Any]
+    sampler_name: str
+    grid: bool
+    pruner: dict[str, Any]
+    directions: list[str]
+    settings: dict[str, str]
+    study_name: str
+    storage_spec: str
+
+
 def _quote(value: str) -> str:
     from kbk.sweep.space import format_value
 
@@ -106,7 +140,8 @@ class KbkOptunaSweeperImpl(Sweeper):
         self.study_name = study_name
         self.storage = storage
         self.n_trials = n_trials
-        self.n_jobs = max(1, int(n_jobs))
+        self.n_jobs_given = int(n_jobs)
+        self.n_jobs = max(1, self.n_jobs_given)
         self.max_failure_rate = float(max_failure_rate)
         self.pruner_cfg = pruner
         self.params = OmegaConf.to_container(params) if OmegaConf.is_config(params) else (params or {})
@@ -131,14 +166,62 @@ class KbkOptunaSweeperImpl(Sweeper):
     # ---------------------------------------------------------------------------------------------- sweep
 
     def sweep(self, arguments: list[str]) -> Any:
-        from kbk.paths import outputs_dir
-        from kbk.sweep.factories import as_mapping, directions_of, is_grid, pruner_spec, pruner_to_env, sampler_name
-        from kbk.sweep.space import parse_space
-        from kbk.sweep.storage import _redact, open_storage, resolve_storage
-        from kbk.tracking.run_info import config_hash
+        """Run the sweep. A user's mistake is one `kbk: error:` line and exit 2, Ctrl-C one line and exit 130
+        (Hydra would print either with a traceback)."""
+        try:
+            return self._sweep(arguments)
+        except KbkError as e:
+            print(f"kbk: error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("kbk: interrupted (Ctrl-C): the running trials were re-queued and the sweep's MLflow run ended "
+                  "KILLED; re-run the same command to finish the sweep", file=sys.stderr, flush=True)
+            sys.exit(130)
+
+    def _sweep(self, arguments: list[str]) -> Any:
+        from kbk.sweep.factories import pruner_to_env
+        from kbk.sweep.storage import _redact, open_storage
+        from kbk.sweep.workers import Worker, registered_workers
 
         cfg = self.config
         assert cfg is not None and self.launcher is not None
+        plan = self._checked_plan(arguments)  # every check first: nothing exists yet when one fails
+        self._check_trial_configs(plan.space)
+        storage_spec = plan.storage_spec
+        secrets = self._hide_secrets(storage_spec, plan.space)
+        storage = open_storage(storage_spec)
+        sweep_dir = Path(str(cfg.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / "multirun.yaml").write_text(redact_text(OmegaConf.to_yaml(cfg), secrets))
+        log.info("kbk sweep: study %r in %s, %s sampler, %s, params %s", plan.study_name, _redact(storage_spec),
+                 plan.sampler_name, "/".join(plan.directions), plan.space.describe())
+
+        worker = Worker(self.heartbeat_interval, self.grace_period)
+        study, created = self._open_study(storage, plan, worker)
+        # The creator sets the study up (parent run, then settings); if it died before finishing, this process does.
+        owns_setup = created or SETTINGS_ATTR not in study.user_attrs
+        seed_offset = 0 if created else len(registered_workers(study))
+        if seed_offset:  # parallel processes with one seed would propose the same trials in lockstep
+            study.sampler = self._sampler(plan.sampler_spec, seed_offset)
+        worker.start(study)
+        env = {ENV_SWEEP: plan.study_name, ENV_STUDY: plan.study_name, ENV_PRUNER: pruner_to_env(plan.pruner)}
+        if not url_password(storage_spec):  # with a password, the jobs inherit it (see `_hide_secrets`)
+            env[ENV_STORAGE] = storage_spec
+        run = _SweepRun(self, study, plan.space, plan.grid, worker, plan.metrics, env, storage_spec, sweep_dir)
+        try:
+            return run.execute(plan.settings, owns_setup)
+        finally:
+            worker.stop()
+
+    def _checked_plan(self, arguments: list[str]) -> SweepPlan:
+        """Every sweeper setting checked, in the order a user reads them; a `ConfigError` names the key."""
+        from kbk.paths import outputs_dir
+        from kbk.sweep.factories import as_mapping, directions_of, is_grid, make_pruner, pruner_spec, sampler_name
+        from kbk.sweep.space import parse_space
+        from kbk.sweep.storage import resolve_storage
+        from kbk.tracking.run_info import config_hash
+
+        cfg = self.config
         metrics = metric_names(cfg)
         space = parse_space(self.params, arguments)
         if not space.distributions:
@@ -148,76 +231,128 @@ class KbkOptunaSweeperImpl(Sweeper):
         grid = is_grid(sampler_spec)
         if grid and self.custom_search_space:
             raise ConfigError("hydra.sweeper.custom_search_space cannot be used with the grid sampler.")
+        self._sampler(sampler_spec)  # an unknown name or a bad argument fails here
         pruner = pruner_spec(self.pruner_cfg)
+        make_pruner(pruner)
         directions = directions_of(self.direction, metrics)
         if len(directions) > 1 and (pruner.get("_target_") or pruner.get("name") != "none"):
             log.warning("kbk sweep: Optuna does not prune multi-objective studies; the pruner is not used")
+        self._check_numbers(grid)
+        if grid:
+            space.grid()  # a continuous parameter in a grid fails here
         settings = sweep_settings(cfg, space.signature(), directions)
         study_name = self.study_name or f"kbk-{config_hash(settings)[:10]}"
-        storage_spec = resolve_storage(self.storage, outputs_dir(cfg.paths.outputs), study_name)
-        storage = open_storage(storage_spec)
-        sweep_dir = Path(str(cfg.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
-        log.info("kbk sweep: study %r in %s, %s sampler, %s, params %s", study_name, _redact(storage_spec),
-                 sampler_name(sampler_spec), "/".join(directions), space.describe())
+        check_study_name(study_name)
+        storage = self.storage or os.environ.get(ENV_STORAGE) or None  # the environment keeps a password out of files
+        storage_spec = resolve_storage(storage, outputs_dir(cfg.paths.outputs), study_name)
+        return SweepPlan(metrics, space, sampler_spec, sampler_name(sampler_spec), grid, pruner, directions,
+                         settings, study_name, storage_spec)
 
-        from kbk.sweep.workers import Worker, registered_workers
+    def _check_numbers(self, grid: bool) -> None:
+        n_trials = self.n_trials
+        if n_trials is None and not grid:
+            raise ConfigError("hydra.sweeper.n_trials=null means 'the whole grid'; with a non-grid sampler give "
+                              "a number of trials, e.g. hydra.sweeper.n_trials=20.")
+        if n_trials is not None and int(n_trials) <= 0:
+            raise ConfigError(f"hydra.sweeper.n_trials={n_trials} is not allowed: it must be an integer > 0 (the "
+                              "total of finished trials), or null for the whole grid.")
+        if self.n_jobs_given <= 0:
+            raise ConfigError(f"hydra.sweeper.n_jobs={self.n_jobs_given} is not allowed: it must be an integer > 0.")
+        rate = self.max_failure_rate
+        if not (math.isfinite(rate) and 0.0 <= rate <= 1.0):
+            raise ConfigError(f"hydra.sweeper.max_failure_rate={rate} is not allowed: it must be a number in [0, 1] "
+                              "(0: stop at the first failure; 1: never stop).")
+        for key in ("heartbeat_interval", "grace_period"):
+            value = float(getattr(self, key))
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"hydra.sweeper.{key}={value} is not allowed: it must be a number of seconds > 0.")
 
-        worker = Worker(self.heartbeat_interval, self.grace_period)
-        study, created = self._open_study(storage, study_name, directions, metrics, sampler_spec, pruner, settings,
-                                          storage_spec)
-        # The creator sets the study up (parent run, then settings); if it died before finishing, this process does.
-        owns_setup = created or SETTINGS_ATTR not in study.user_attrs
-        seed_offset = 0 if created else len(registered_workers(study))
-        if seed_offset:  # parallel processes with one seed would propose the same trials in lockstep
-            study.sampler = self._sampler(sampler_spec, seed_offset)
-        worker.start(study)
-        env = {ENV_SWEEP: study_name, ENV_STUDY: study_name, ENV_STORAGE: storage_spec,
-               ENV_PRUNER: pruner_to_env(pruner)}
-        run = _SweepRun(self, study, space, grid, worker, metrics, env, storage_spec, sweep_dir)
-        try:
-            return run.execute(settings, owns_setup)
-        finally:
-            worker.stop()
+    def _check_trial_configs(self, space: Any) -> None:
+        """Compose and validate, with the job's own checks, the trial config of every distinct choice and of both
+        ends of every interval: a value no trial can run is refused before the first trial, not once per trial."""
+        from omegaconf import open_dict
+
+        from kbk.run import settings_of
+        from kbk.sweep.space import format_value
+
+        for point in space.corners():
+            shown = " ".join(f"{k}={format_value(v)}" for k, v in point.items())
+            trial_cfg, error = self.compose_trial(space.overrides(point))
+            if trial_cfg is None:
+                raise ConfigError(f"hydra.sweeper.params: the trial with {shown}: {error}. Fix: use keys and values "
+                                  "that a single run accepts.")
+            with open_dict(trial_cfg):
+                del trial_cfg["hydra"]
+            try:
+                settings_of(trial_cfg)
+            except KbkError as e:
+                raise ConfigError(f"hydra.sweeper.params: the trial with {shown} is invalid: {e}") from None
+
+    def _hide_secrets(self, storage_spec: str, space: Any) -> list[str]:
+        """Keep passwords (in the storage URL, in tracking.uri) out of the launcher's log and of the overrides
+        Hydra records for each job; returns them, for redacting what this process writes.
+
+        Jobs compose their config from the sweep's own overrides (`hydra.overrides.hydra`, never logged) plus
+        their trial's (logged). The storage URL goes into the former redacted, and the jobs inherit the real one
+        from this process's environment; a fixed override holding a password moves from the trial's overrides to
+        the sweep's (the job's `.hydra` files are redacted by the job itself, see `kbk.run`)."""
+        from omegaconf import read_write
+
+        tracking_uri = OmegaConf.select(self.config, "tracking.uri", default=None)
+        secrets = [p for p in (url_password(storage_spec), url_password(tracking_uri)) if p]
+        if not secrets:
+            return []
+        if url_password(storage_spec):
+            os.environ[ENV_STORAGE] = storage_spec
+        hidden = [o for o in space.fixed if redact_text(o, secrets) != o]
+        space.fixed = [o for o in space.fixed if o not in hidden]
+        with read_write(self.config.hydra):
+            overrides = self.config.hydra.overrides
+            overrides.hydra = [redact_text(o, secrets) if "sweeper.storage" in o else o
+                               for o in overrides.hydra] + hidden
+            if self.config.hydra.sweeper.get("storage"):
+                self.config.hydra.sweeper.storage = redact_text(str(self.config.hydra.sweeper.storage), secrets)
+        return secrets
 
     def _sampler(self, spec: dict[str, Any], seed_offset: int = 0) -> Any:
         from kbk.sweep.factories import make_sampler
 
         return make_sampler(spec, seed_offset)
 
-    def _open_study(self, storage: Any, name: str, directions: list[str], metrics: list[str],
-                    sampler_spec: dict[str, Any], pruner: dict[str, Any], settings: dict[str, str],
-                    storage_spec: str) -> tuple[Any, bool]:
-        """Create the study (this process is its creator) or load it and wait until its creator has set it up;
-        then check that its settings are this command's."""
+    def _open_study(self, storage: Any, plan: SweepPlan, worker: Any) -> tuple[Any, bool]:
+        """Create the study (this process is its creator) or load it and wait until its creator has set it up
+        (not at all when the creator is gone); then check that its settings are this command's."""
         import optuna
 
         from kbk.sweep.factories import make_pruner
 
-        sampler, pruner_obj = self._sampler(sampler_spec), make_pruner(pruner)
+        name, directions = plan.study_name, plan.directions
+        sampler, pruner_obj = self._sampler(plan.sampler_spec), make_pruner(plan.pruner)
         try:
             study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
                                         pruner=pruner_obj)
+            study.set_user_attr(CREATOR_ATTR, worker.info().as_attr())
             with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.set_metric_names(metrics)
+                study.set_metric_names(plan.metrics)
             return study, True
         except optuna.exceptions.DuplicatedStudyError:
             pass
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner_obj)
         deadline = time.monotonic() + SETUP_WAIT_S
         while SETTINGS_ATTR not in study.user_attrs and time.monotonic() < deadline:
+            if creator_gone(study.user_attrs.get(CREATOR_ATTR), worker.host):
+                break
             time.sleep(0.2)  # the creator is creating the parent run; it writes the settings last
         if SETTINGS_ATTR not in study.user_attrs:
-            log.warning("study %r was created but never set up (its process died?); setting it up here", name)
+            log.warning("study %r was created but never set up (its process died); setting it up here", name)
         stored = [d.name.lower() for d in study.directions]
         if stored != directions:
             raise ConfigError(
                 f"Study {name!r} optimizes {stored}, this sweep {directions}. Fix: use the study's directions to "
                 "resume it, or pass hydra.sweeper.study_name=<a new name>."
             )
-        check_settings(study, settings, storage_spec)
+        check_settings(study, plan.settings, plan.storage_spec)
         return study, False
 
     # ------------------------------------------------------------------------------------------------ jobs
@@ -230,15 +365,14 @@ class KbkOptunaSweeperImpl(Sweeper):
             overrides.append(f"hydra.sweep.subdir={trial.number}")
         return overrides
 
-    def compose_error(self, overrides: Sequence[str]) -> str | None:
-        """Why a trial's config does not compose (a bad choice value, an unknown key), None if it does."""
+    def compose_trial(self, overrides: Sequence[str]) -> tuple[DictConfig | None, str | None]:
+        """A trial's config, or None and why it does not compose (a bad choice value, an unknown key)."""
         try:
-            self.hydra_context.config_loader.load_sweep_config(master_config=self.config,
-                                                               sweep_overrides=list(overrides))
-            return None
+            return self.hydra_context.config_loader.load_sweep_config(master_config=self.config,
+                                                                      sweep_overrides=list(overrides)), None
         except Exception as e:  # noqa: BLE001 (Hydra raises several kinds; each is the trial's failure)
             text = str(e).strip()
-            return f"config does not compose: {text.splitlines()[0] if text else type(e).__name__}"
+            return None, f"config does not compose: {text.splitlines()[0].rstrip('.') if text else type(e).__name__}"
 
 
 class _SweepRun:
@@ -323,7 +457,7 @@ class _SweepRun:
         jobs = []
         for trial in batch:
             overrides = sweeper.job_overrides(trial, self.space, self.env, subdir=not consecutive)
-            error = sweeper.compose_error(overrides)
+            _, error = sweeper.compose_trial(overrides)
             if error is not None:
                 outcomes[trial.number] = Outcome("FAIL", reason=error)
             else:
@@ -422,6 +556,15 @@ class _SweepRun:
                 self.parent.end("KILLED" if interrupted else "FAILED", reason=reason)
             except Exception:  # noqa: BLE001
                 pass
+
+
+def creator_gone(creator: Any, host: str) -> bool:
+    """True when the process recorded as the study's creator ran on this host and has ended (a study made
+    before creators were recorded has none: its creator is waited for)."""
+    from kbk.sweep.workers import WorkerInfo, process_alive
+
+    info = WorkerInfo.from_attr(creator)
+    return info is not None and info.host == host and not process_alive(info.pid, info.start_ticks)
 
 
 def _raise_system_exit(signum: int, frame: Any) -> None:

@@ -86,6 +86,22 @@ class SearchSpace:
         names = self.names
         return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(self.values[n] for n in names))]
 
+    def corners(self) -> list[dict[str, Any]]:
+        """Points that together use every distinct choice and both ends of every interval: the first point
+        takes each parameter's first value, each further one changes a single parameter. Checking these finds
+        any value that no trial could run, at a cost of one config per value rather than the product."""
+        ends = {name: list(values) if values is not None else self._ends(name)
+                for name, values in self.values.items()}
+        base = {name: options[0] for name, options in ends.items()}
+        points = [base]
+        for name, options in ends.items():
+            points += [{**base, name: value} for value in options[1:]]
+        return points
+
+    def _ends(self, name: str) -> list[Any]:
+        dist = self.distributions[name]
+        return [dist.low, dist.high]
+
     def overrides(self, params: Mapping[str, Any]) -> list[str]:
         """The trial's overrides: its parameters (space order, then extras) followed by the fixed ones."""
         ordered = [n for n in self.names if n in params] + [n for n in params if n not in self.distributions]
@@ -160,7 +176,8 @@ def parse_space(params: Mapping[str, Any] | None, arguments: Sequence[str] = ())
         try:
             override = parser.parse_override(line)
         except HydraException as e:
-            raise ConfigError(f"Cannot parse the sweep override {line!r}: {e}") from None
+            text = " ".join(str(e).split())  # Hydra's message spans lines; kbk's errors are one
+            raise ConfigError(f"Cannot parse the sweep override {line!r}: {text}") from None
         key = override.key_or_group
         prefix = line[: len(line) - len(line.lstrip("+~"))]
         # A later line for the same key replaces an earlier one (the command line beats the preset).

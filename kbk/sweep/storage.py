@@ -44,7 +44,7 @@ def resolve_storage(spec: str | None, outputs: str | os.PathLike, study_name: st
         path = rest[1:] if rest.startswith("/") else ""
         if path.split("?", 1)[0] in ("", ":memory:"):
             raise ConfigError(
-                f"hydra.sweeper.storage={spec!r} is an in-memory SQLite database that trials in other "
+                f"hydra.sweeper.storage={_redact(spec)!r} is an in-memory SQLite database that trials in other "
                 "processes cannot see. Fix: leave it null (a journal file under outputs/) or give a file."
             )
         if not path.startswith("/"):
@@ -55,7 +55,7 @@ def resolve_storage(spec: str | None, outputs: str | os.PathLike, study_name: st
     if scheme == "file":
         return str(Path(spec[len("file://") :]).resolve())
     raise ConfigError(
-        f"hydra.sweeper.storage={spec!r}: unknown scheme {scheme}://. Fix: leave it null (a journal file "
+        f"hydra.sweeper.storage={_redact(spec)!r}: unknown scheme {scheme}://. Fix: leave it null (a journal file "
         "under outputs/), give a journal file path, or an RDB URL such as postgresql://user@host/db."
     )
 
@@ -116,4 +116,6 @@ def _engine_kwargs(spec: str) -> dict:
 
 def _redact(spec: str) -> str:
     """A URL without its password, for messages and logs."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", spec)
+    from kbk.tracking.store import redact_url
+
+    return redact_url(spec)

@@ -18,7 +18,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -121,10 +121,47 @@ def resolve_tracking_uri(uri: str | None, outputs_dir: str | Path) -> str:
     if scheme == "":
         return f"sqlite:///{_absolute(uri)}"
     raise TrackingError(
-        f"tracking.uri={uri!r} has a scheme ({scheme}:) kbk does not support. Fix: use "
+        f"tracking.uri={redact_url(uri)!r} has a scheme ({scheme}:) kbk does not support. Fix: use "
         "sqlite:////abs/path.db, http(s)://host:port (an MLflow server), or a postgresql:// / mysql:// "
         "database URL; or leave it unset for outputs/mlflow.db."
     )
+
+
+def url_password(url: str | None) -> str | None:
+    """The password in a URL's user part (`postgresql://user:PW@host/db`, `http://user:PW@host`), or None."""
+    if not url or "@" not in str(url):
+        return None
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(str(url)).password or None
+    except Exception:  # noqa: BLE001 (not a URL: a path, a journal file)
+        match = re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://[^:/@]+:([^@]*)@", str(url))
+        return match.group(1) if match and match.group(1) else None
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password replaced by `***`, for messages, params, logs and files."""
+    password = url_password(url)
+    if password is None:
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001
+        return url.replace(f":{password}@", ":***@")
+
+
+def redact_text(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret replaced by `***` (secrets as found in a URL, and URL-quoted)."""
+    from urllib.parse import quote, unquote
+
+    for secret in secrets:
+        for form in {secret, quote(secret, safe=""), unquote(secret)}:
+            if form:
+                text = text.replace(form, "***")
+    return text
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -142,16 +179,25 @@ def check_server(uri: str, timeout_s: float = SERVER_CHECK_TIMEOUT_S) -> None:
     older server), counts as reachable; refused connections, DNS failures and time-outs do not. MLflow's own
     client would retry such a server for minutes before failing, so this check runs first.
     """
-    url = f"{uri.rstrip('/')}/health"
+    import base64
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(uri.rstrip("/"))
+    headers = {}
+    if parts.username:  # credentials in the URL go in a header: urllib would read them as part of the host
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+        parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
+    request = urllib.request.Request(parts.geturl() + "/health", headers=headers)
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (http(s) only, checked)
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 (http(s) only, checked)
             response.read(64)
     except urllib.error.HTTPError:
         return
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         raise TrackingError(
-            f"The MLflow tracking server at {uri} cannot be reached ({reason}; gave up after "
+            f"The MLflow tracking server at {redact_url(uri)} cannot be reached ({reason}; gave up after "
             f"{timeout_s:g} s). Fix: {_TRACKING_FIX}."
         ) from e
 
@@ -227,7 +273,7 @@ def _artifact_location(uri: str, name: str) -> str | None:
 def _wrap(uri: str, action: str, error: Exception) -> TrackingError:
     cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return TrackingError(
-        f"MLflow store {uri}: could not {action} ({type(error).__name__}: {cause}). Fix: check that "
+        f"MLflow store {redact_url(uri)}: could not {action} ({type(error).__name__}: {redact_text(cause, [url_password(uri) or ''])}). Fix: check that "
         "tracking.uri points at a usable store (a writable SQLite file, a running server, a reachable "
         "database), or use tracking=none to run without tracking."
     )
@@ -281,11 +327,11 @@ def experiment_id(client: MlflowClient, uri: str, name: str, create: bool = True
     except MlflowException as e:
         raise _wrap(uri, f"get or create experiment {name!r}", e) from e
     if experiment is None:
-        raise TrackingError(f"No experiment {name!r} in {uri}. Fix: create it with ensure_experiment first.")
+        raise TrackingError(f"No experiment {name!r} in {redact_url(uri)}. Fix: create it with ensure_experiment first.")
     if experiment.lifecycle_stage != "active":
         raise TrackingError(
-            f"Experiment {name!r} in {uri} is deleted (id {experiment.experiment_id}). Fix: restore it "
-            f"(`MLFLOW_TRACKING_URI={uri} mlflow experiments restore --experiment-id "
+            f"Experiment {name!r} in {redact_url(uri)} is deleted (id {experiment.experiment_id}). Fix: restore it "
+            f"(`MLFLOW_TRACKING_URI={redact_url(uri)} mlflow experiments restore --experiment-id "
             f"{experiment.experiment_id}`) or choose another experiment name."
         )
     return experiment.experiment_id
