@@ -1,63 +1,167 @@
+"""kbk.compare on a real MLflow store (SQLite in a temp dir): a sweep parent with its search space, trials of
+two seeds per point, a failed and a pruned trial, a single run outside the sweep; rows, grouping, n, the
+interval arithmetic against scipy, and paired differences against a hand computation."""
+
+import json
 import math
 import statistics
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from scipy import stats as sps
 
 from kbk import compare
+from kbk.compare import stats
+from kbk.compare.__main__ import main
 
-VALUES = {("128", "linear"): [10.0, 12.0, 14.0], ("256", "linear"): [8.0, 9.0], ("256", "step"): [7.0]}
+# val/ppl per (koopman.dim, seed); 512 has a third seed that 128 lacks.
+PPL = {("128", 0): 200.0, ("128", 1): 196.0, ("256", 0): 190.0, ("256", 1): 187.0,
+       ("512", 0): 180.0, ("512", 1): 181.0, ("512", 2): 179.0}
 
 
-@pytest.fixture
-def store(tmp_path):
+def _run(client, exp, name, params, metrics, tags, status="FINISHED"):
+    run = client.create_run(exp, run_name=name, tags=tags)
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, value)
+    for key, value in metrics.items():
+        for step, v in ((10, value * 1.5), (20, value)):
+            client.log_metric(run.info.run_id, key, v, step=step)
+    client.set_terminated(run.info.run_id, status)
+    return run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.create_experiment("kbk", artifact_location=str(tmp_path / "artifacts"))
-    seed = 0
-    for (dim, schedule), ppls in VALUES.items():
-        for ppl in ppls:
-            run = client.create_run(exp, run_name=f"r{seed}", tags={"kbk.sweep": "study"})
-            params = {"koopman.dim": dim, "schedule.type": schedule, "seed": seed, "model.d_model": 64}
-            for key, value in params.items():
-                client.log_param(run.info.run_id, key, value)
-            client.log_metric(run.info.run_id, "val/ppl", ppl, step=5)
-            client.set_terminated(run.info.run_id, "FINISHED")
-            seed += 1
-    failed = client.create_run(exp, run_name="failed", tags={"kbk.sweep": "study"})
-    client.log_param(failed.info.run_id, "koopman.dim", "512")
-    client.set_terminated(failed.info.run_id, "FAILED")
-    return uri
+    parent = client.create_run(exp, run_name="sweep-grid", tags={"kbk.role": "sweep", "kbk.sweep": "grid"})
+    pid = parent.info.run_id
+    # The parent holds the fixed settings (a different enum spelling would make its own group if it were a row)
+    # and the search space.
+    for key, value in {"sweep.params.koopman.dim": "CategoricalDistribution(choices=(128, 256, 512))",
+                       "sweep.params.seed": "CategoricalDistribution(choices=(0, 1, 2))",
+                       "dmd.estimator": "ridge", "koopman.dim": "256"}.items():
+        client.log_param(pid, key, value)
+    client.log_metric(pid, "val/ppl", 1.0)
+    common = {"dmd.estimator": "ridge", "model.d_model": "64", "paths.outputs": "/x", "trainer.log_checkpoint":
+              "False"}
+    for i, ((dim, seed), ppl) in enumerate(PPL.items()):
+        _run(client, exp, f"trial-{i}", {**common, "koopman.dim": dim, "seed": seed, "tracking.uri": f"u{i}"},
+             {"val/ppl": ppl, "val/ppl_koopman": ppl + 10 + seed},
+             {"kbk.role": "trial", "kbk.sweep": "grid", "mlflow.parentRunId": pid})
+    _run(client, exp, "trial-7", {**common, "koopman.dim": "1024", "seed": "0"}, {},
+         {"kbk.role": "trial", "kbk.sweep": "grid", "mlflow.parentRunId": pid}, status="FAILED")
+    _run(client, exp, "trial-8", {**common, "koopman.dim": "512", "seed": "3"}, {"val/ppl": 999.0},
+         {"kbk.role": "trial", "kbk.sweep": "grid", "mlflow.parentRunId": pid, "kbk.end_reason": "pruned"},
+         status="KILLED")
+    _run(client, exp, "lonely", {**common, "koopman.dim": "64", "seed": "0"}, {"val/ppl": 300.0},
+         {"kbk.role": "run"})
+    client.set_terminated(pid, "FINISHED")
+    return uri, pid
 
 
-def test_groups_are_the_varying_params_and_stats_are_mean_and_sample_std(store):
-    runs = compare.load_runs(store, "kbk", sweep="study")
-    assert len(runs) == 6  # the FAILED run is left out
-    group_by = compare.varying_params(runs)
-    assert group_by == ["koopman.dim", "schedule.type"]  # seed varies too, but never defines a group
-    rows = compare.table_rows(compare.group_runs(runs, group_by), group_by, ["val/ppl"])
-    got = {(r["koopman.dim"], r["schedule.type"]): (r["n"], r["val/ppl mean"], r["val/ppl std"]) for r in rows}
-    for key, ppls in VALUES.items():
-        n, mean, std = got[key]
-        assert n == len(ppls) and mean == pytest.approx(statistics.fmean(ppls))
-        assert std == pytest.approx(statistics.stdev(ppls) if len(ppls) > 1 else 0.0)
-    assert [(r["koopman.dim"], r["schedule.type"]) for r in rows] == [("128", "linear"), ("256", "linear"),
-                                                                      ("256", "step")]
+def test_sweep_rows_are_trials_grouped_by_the_search_space(store):
+    uri, pid = store
+    runs = compare.runs(uri, sweep="grid")
+    assert len(runs) == 7 and pid not in set(runs["run_id"])  # parent, failed and pruned trials are not rows
+    assert runs.attrs["swept"] == ["koopman.dim"]  # the space minus the seed; no noise columns
+    table = compare.summary(runs, metrics=["val/ppl"])
+    assert list(table["koopman.dim"]) == ["128", "256", "512"] and list(table["n"]) == [2, 2, 3]
+    for rec in table.to_dict("records"):
+        values = [v for (d, _), v in PPL.items() if d == rec["koopman.dim"]]
+        half = sps.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+        assert rec["mean"] == pytest.approx(statistics.fmean(values))
+        assert rec["std"] == pytest.approx(statistics.stdev(values))
+        assert (rec["ci_low"], rec["ci_high"]) == pytest.approx((rec["mean"] - half, rec["mean"] + half))
+    # by parent id: the same rows
+    assert sorted(compare.runs(uri, parent=pid)["run_id"]) == sorted(runs["run_id"])
+    # statuses: the failed and pruned trials come back when asked for
+    assert len(compare.runs(uri, sweep="grid", status=None)) == 9
 
 
-def test_cli_writes_csv_and_plot(store, tmp_path, capsys, monkeypatch):
-    out_csv, out_png = tmp_path / "t.csv", tmp_path / "p.png"
-    code = compare.main(["--uri", store, "--sweep", "study", "--group-by", "koopman.dim", "--metric", "val/ppl",
-                         "--csv", str(out_csv), "--plot", str(out_png)])
-    assert code == 0
-    lines = out_csv.read_text().splitlines()
-    assert lines[0] == "koopman.dim,n,val/ppl mean,val/ppl std"
-    row_256 = next(line for line in lines if line.startswith("256,"))
-    assert row_256.split(",")[1] == "3" and math.isclose(float(row_256.split(",")[2]), 8.0)
-    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "12 ± 2" in capsys.readouterr().out  # 128: mean 12, std 2
+def test_one_run_has_an_undefined_spread_not_zero():
+    mean, std, low, high = stats.t_interval([193.0])
+    assert mean == 193.0 and math.isnan(std) and math.isnan(low) and math.isnan(high)
 
 
-def test_no_matching_runs_is_one_clear_error(store, capsys):
-    assert compare.main(["--uri", store, "--sweep", "nope"]) == 2
-    assert "no runs match" in capsys.readouterr().err
+def test_paired_difference_matches_a_hand_computation(store):
+    uri, _ = store
+    runs = compare.runs(uri, sweep="grid")
+    diff = compare.differences(runs, "koopman.dim=256", metrics=["val/ppl", "val/ppl_koopman"])
+    row = diff[(diff["koopman.dim"] == "128") & (diff["metric"] == "val/ppl")].iloc[0]
+    pairs = [PPL[("128", s)] - PPL[("256", s)] for s in (0, 1)]  # 10, 9
+    half = sps.t.ppf(0.975, 1) * statistics.stdev(pairs) / math.sqrt(2)
+    assert bool(row["paired"]) and row["n"] == 2
+    assert row["diff"] == pytest.approx(9.5)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((9.5 - half, 9.5 + half))
+    assert bool(row["excludes_zero"]) == (9.5 - half > 0)
+    # 512 has seeds {0, 1, 2}, the baseline {0, 1}: not the same seeds, so Welch's interval (unpaired)
+    row = diff[(diff["koopman.dim"] == "512") & (diff["metric"] == "val/ppl")].iloc[0]
+    a, b = [180.0, 181.0, 179.0], [190.0, 187.0]
+    welch = sps.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert not bool(row["paired"]) and row["diff"] == pytest.approx(180.0 - 188.5)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((welch.low, welch.high))
+    assert "256" not in set(diff["koopman.dim"])  # the baseline is not compared with itself
+
+
+def test_without_a_sweep_groups_are_the_params_that_differ_never_the_seed_or_locations(store):
+    uri, _ = store
+    runs = compare.runs(uri)  # every finished run: the sweep's trials and the single run, not the parent
+    assert len(runs) == 8
+    assert runs.attrs["swept"] == ["koopman.dim"]  # seed, tracking.uri differ too but are not factors
+
+
+def test_cli_table_markdown_csv_json_and_plots(store, tmp_path, capsys):
+    uri, _ = store
+    assert main(["--uri", uri, "--sweep", "grid", "--metric", "val/ppl", "--baseline", "koopman.dim=256"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline" in out and "+9.5" in out and "sweep grid" in out
+    assert main(["--uri", uri, "--sweep", "grid", "--metric", "val/ppl", "--format", "markdown"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "| koopman.dim | n | val/ppl (mean ± sd) | val/ppl 95% CI |" and len(lines) == 5
+    assert lines[2].startswith("| 128 | 2 | 198.0 ± 2.8 |")
+    csv_path = tmp_path / "t.csv"
+    assert main(["--uri", uri, "--sweep", "grid", "--metric", "val/ppl", "--format", "csv", "--out",
+                 str(csv_path), "--baseline", "koopman.dim=256"]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {csv_path}"
+    frame = pd.read_csv(csv_path)
+    assert list(frame["n"]) == [2, 2, 3] and frame.loc[0, "diff"] == pytest.approx(9.5)
+    assert main(["--uri", uri, "--sweep", "grid", "--metric", "val/ppl", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["n"] for r in data["summary"]] == [2, 2, 3]
+    png, curves = tmp_path / "p.png", tmp_path / "p-curves.png"
+    assert main(["--uri", uri, "--sweep", "grid", "--metric", "val/ppl", "val/ppl_koopman", "--plot", str(png),
+                 "--curves", "val/ppl"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sweep", "nope"], "no runs match"),
+    (["--experiment", "nope"], "no experiment 'nope'"),
+    (["--sweep", "grid", "--metric", "val/nope"], "no selected run has the metric 'val/nope'"),
+    (["--sweep", "grid", "--baseline", "koopman.dim=7"], "no group matches the baseline"),
+    (["--sweep", "grid", "--baseline", "koopman.dim"], "is not a group"),
+    (["--sweep", "grid", "--group-by", "nope"], "no selected run has the param 'nope'"),
+    (["--filter", "params.x ~ 1"], "MLflow refused the search"),
+])
+def test_bad_input_is_one_line_and_exit_2(store, capsys, args, message):
+    uri, _ = store
+    assert main(["--uri", uri, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_missing_store_is_an_error_and_is_not_created(tmp_path, capsys):
+    db = tmp_path / "none" / "mlflow.db"
+    assert main(["--uri", f"sqlite:///{db}"]) == 2
+    assert "no MLflow store" in capsys.readouterr().err and not db.exists() and not db.parent.exists()
+
+
+def test_geometric_values_get_a_log_axis():
+    from kbk.compare.plots import is_geometric
+
+    assert is_geometric([128, 256, 512]) and is_geometric([16, 64, 256, 1024])
+    assert not is_geometric([100, 200, 300]) and not is_geometric([0, 1, 2, 4])

@@ -1,0 +1,167 @@
+"""Plots of a comparison: each metric against the swept param (mean and 95% interval per group, every run as a
+faint point), and the groups' learning curves. PNG through matplotlib's object API (no GUI backend, offline)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kbk.compare.stats import metric_values, summary, t_interval
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def _as_numbers(values: Sequence[str]) -> list[float] | None:
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError):
+        return None
+
+
+def is_geometric(values: Sequence[float]) -> bool:
+    """Positive values with roughly constant ratios over at least a factor of 4 (128, 256, 512), or spread over 30×."""
+    v = sorted(set(values))
+    if len(v) < 3 or v[0] <= 0 or v[-1] / v[0] < 4:
+        return False
+    steps = np.diff(np.log(v))
+    return bool(steps.std() <= 0.35 * steps.mean()) or v[-1] / v[0] >= 30
+
+
+def x_param(runs: pd.DataFrame, group_by: Sequence[str]) -> str | None:
+    """The first numeric group key with several values: the x-axis (others make one series each)."""
+    for key in group_by:
+        values = runs[f"params.{key}"].dropna().unique()
+        if len(values) > 1 and _as_numbers(values) is not None:
+            return key
+    return None
+
+
+def plot_metrics(runs: pd.DataFrame, group_by: Sequence[str], metrics: Sequence[str], path: Path,
+                 title: str, confidence: float = 0.95) -> Path:
+    """One panel per metric: mean with its interval against the swept numeric param (log axis for geometric
+    values), one series per combination of the other params; without a numeric param, one point per group."""
+    from matplotlib.figure import Figure
+
+    x_key = x_param(runs, group_by)
+    series_keys = [k for k in group_by if k != x_key]
+    stats = summary(runs, group_by, metrics, confidence)
+    fig = Figure(figsize=(max(6.0, 4.6 * len(metrics)), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    ns = sorted({int(n) for n in stats["n"] if n})
+    n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}" if ns else "n = 0"
+    fig.suptitle(f"{title}  (mean and {confidence:.0%} CI over seeds, {n_text} per point)", fontsize="medium")
+    handles = {}
+    for ax, metric in zip(axes, metrics, strict=True):
+        frame = stats[stats["metric"] == metric]
+        if x_key is None:
+            _categorical_panel(ax, runs, frame, group_by, metric)
+        else:
+            handles.update(_numeric_panel(ax, runs, frame, x_key, series_keys, metric))
+        ax.set_ylabel(metric)
+        ax.grid(True, alpha=0.3)
+    if series_keys and len(handles) > 1:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", fontsize="small",
+                   ncols=min(4, len(handles)), title=", ".join(series_keys), title_fontsize="small", frameon=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    return path
+
+
+def _numeric_panel(ax, runs, frame, x_key, series_keys, metric) -> dict[str, object]:
+    xs_all = [float(v) for v in runs[f"params.{x_key}"].dropna().unique()]
+    log = is_geometric(xs_all)
+    rng = np.random.default_rng(0)  # jitter of the per-run points: fixed, so a plot regenerates identically
+    handles = {}
+    series = frame.groupby(series_keys, sort=True) if series_keys else [((), frame)]
+    for i, (key, rows) in enumerate(series):
+        key = key if isinstance(key, tuple) else (key,)
+        label = ", ".join(map(str, key)) or metric
+        color = PALETTE[i % len(PALETTE)]
+        rows = rows.assign(x=rows[x_key].astype(float)).sort_values("x")
+        low = (rows["mean"] - rows["ci_low"]).fillna(0).clip(lower=0)
+        high = (rows["ci_high"] - rows["mean"]).fillna(0).clip(lower=0)
+        handles[label] = ax.errorbar(rows["x"], rows["mean"], yerr=[low, high], marker="o", capsize=4,
+                                     color=color, lw=1.5, label=label)
+        mask = pd.Series(True, index=runs.index)
+        for k, v in zip(series_keys, key, strict=True):
+            mask &= runs[f"params.{k}"].astype(str) == str(v)
+        points = runs[mask]
+        col = f"metrics.{metric}"
+        if col in points:
+            px = points[f"params.{x_key}"].astype(float).to_numpy()
+            px = px * np.exp(rng.uniform(-0.04, 0.04, len(px))) if log else px + rng.uniform(-0.01, 0.01, len(px)) \
+                * (max(xs_all) - min(xs_all) or 1)
+            ax.scatter(px, points[col], s=18, color=color, alpha=0.45, linewidths=0, zorder=1)
+    if log:
+        ax.set_xscale("log", base=2 if all(math.log2(x).is_integer() for x in xs_all) else 10)
+    ticks = sorted(set(xs_all))
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel(x_key)
+    return handles
+
+
+def _categorical_panel(ax, runs, frame, group_by, metric) -> None:
+    labels = [", ".join(str(r[k]) for k in group_by) or "all runs" for r in frame.to_dict("records")]
+    pos = np.arange(len(labels))
+    low = (frame["mean"] - frame["ci_low"]).fillna(0).clip(lower=0)
+    high = (frame["ci_high"] - frame["mean"]).fillna(0).clip(lower=0)
+    ax.errorbar(pos, frame["mean"], yerr=[low, high], fmt="o", capsize=5, color=PALETTE[0])
+    rng = np.random.default_rng(0)
+    for i, rec in enumerate(frame.to_dict("records")):
+        mask = pd.Series(True, index=runs.index)
+        for k in group_by:
+            mask &= runs[f"params.{k}"].astype(str) == str(rec[k])
+        values = metric_values(runs[mask], metric)
+        ax.scatter(i + rng.uniform(-0.08, 0.08, len(values)), values, s=18, color=PALETTE[0], alpha=0.45,
+                   linewidths=0)
+    ax.set_xticks(pos, labels, rotation=20 if max(map(len, labels), default=0) > 8 else 0, ha="right"
+                  if max(map(len, labels), default=0) > 8 else "center")
+    ax.set_xlabel(", ".join(group_by) or "")
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+
+
+def plot_curves(histories: Mapping[tuple, Mapping[str, list[pd.DataFrame]]], group_by: Sequence[str],
+                metrics: Sequence[str], path: Path, title: str, confidence: float = 0.95) -> Path:
+    """Learning curves: per group and metric, the mean over runs at each logged step with its interval band.
+
+    `histories[group key][metric]` is one frame (`step`, `value`) per run; steps that not every run of the group
+    logged are left out (runs of a group share their evaluation steps)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(6.0, 4.6 * len(metrics)), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    fig.suptitle(f"{title}  (mean and {confidence:.0%} CI over seeds)", fontsize="medium")
+    handles = {}
+    for ax, metric in zip(axes, metrics, strict=True):
+        for i, (key, per_metric) in enumerate(histories.items()):
+            frames = per_metric.get(metric) or []
+            if not frames:
+                continue
+            joined = pd.concat([f.set_index("step")["value"].rename(j) for j, f in enumerate(frames)], axis=1)
+            joined = joined.dropna()
+            if joined.empty:
+                continue
+            bands = [t_interval(list(row), confidence) for row in joined.to_numpy()]
+            mean = np.array([b[0] for b in bands])
+            color = PALETTE[i % len(PALETTE)]
+            label = ", ".join(f"{k}={v}" for k, v in zip(group_by, key, strict=True)) or "all runs"
+            marker = "o" if len(joined) <= 30 else None
+            handles[label] = ax.plot(joined.index, mean, color=color, lw=1.5, marker=marker, ms=4, label=label)[0]
+            low, high = np.array([b[2] for b in bands]), np.array([b[3] for b in bands])
+            if not np.isnan(low).all():
+                ax.fill_between(joined.index, low, high, color=color, alpha=0.15, linewidth=0)
+        ax.set_xlabel("step")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel(metric)
+        ax.grid(True, alpha=0.3)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", fontsize="small",
+                   ncols=min(4, len(handles)), frameon=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    return path
