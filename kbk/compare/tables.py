@@ -58,7 +58,7 @@ def wide(summary: pd.DataFrame, group_by: Sequence[str], differences: pd.DataFra
         row[f"{m} (mean ± sd)"] = mean if not math.isfinite(rec["std"]) else f"{mean} ± {number(rec['std'], p)}"
         row[f"{m} {pct} CI"] = interval(rec["ci_low"], rec["ci_high"], p)
     if differences is not None:
-        for key, row in rows.items():
+        for row in rows.values():
             for m in summary["metric"].unique():
                 row[f"Δ {m}"] = "baseline"
         for rec in differences.to_dict("records"):
