@@ -45,6 +45,14 @@ CASES: dict[str, tuple[list[str], list[str], bool]] = {
     "unknown_key": ([*TINY, "trainer.bogus=1"], ["trainer.bogus", "Key 'bogus' not in 'TrainerConfig'"], False),
     "unknown_key_appended": ([*TINY, "+trainer.bogus=1"], ["trainer.bogus", "not a kbk setting", "epochs"], True),
     "wrong_type": ([*TINY, "trainer.epochs=abc"], ["trainer.epochs", "'abc'", "Integer"], False),
+    "model_too_big": ([*TINY, "koopman.dim=100000000"], ["GiB", "koopman.dim (now 100000000)", "activations"], True),
+    "unknown_device": ([*TINY, "trainer.device=tpu"], ["trainer.device='tpu'", "cuda:<index>"], True),
+    "infinite_lr": ([*TINY, "trainer.lr=inf"], ["trainer.lr=inf", "finite"], True),
+    "nan_weight": ([*TINY, "koopman.pred_weight=nan"], ["koopman.pred_weight=nan", "finite"], True),
+    "unknown_metric": ([*TINY, "optimized_metric=val/nonexistent"], ["val/nonexistent", "val/ppl"], True),
+    "koopman_metric_without_koopman": ([*TINY, "koopman=off", "optimized_metric=val/ppl_koopman"],
+                                       ["val/ppl_koopman", "does not produce"], True),
+    "run_dir_under_a_file": ([*TINY, "hydra.run.dir=TMP/garbage.pt/run"], ["hydra.run.dir", "is a file"], True),
 }
 
 
@@ -97,3 +105,15 @@ def test_bad_input_fails_with_one_clear_message_and_writes_nothing(case, outcome
     assert not written, f"left behind: {written}"
     run_folders = [p for p in (outputs / "runs").glob("*/*")] if (outputs / "runs").exists() else []
     assert not run_folders, f"run folders left behind: {run_folders}"
+
+
+@pytest.mark.parametrize("outputs", ["/proc/kbk_outputs", "TMP/garbage.pt/outputs"])
+def test_an_unusable_outputs_folder_is_one_line_before_any_run(outputs, tmp_path):
+    (tmp_path / "garbage.pt").write_text("a file where a folder should be")
+    outputs = fill(outputs, tmp_path, 0)
+    proc = subprocess.run(kbk_command([*TINY, f"paths.outputs={outputs}"]), capture_output=True, text=True,
+                          env=clean_env(), cwd=PROJECT_ROOT, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(f"kbk: error: paths.outputs={outputs}: ") and "Fix:" in lines[0]
+    assert not Path(outputs).exists() and not proc.stdout.strip()  # no run started, nothing printed
