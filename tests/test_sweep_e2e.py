@@ -135,7 +135,7 @@ def test_grid_sweep_runs_each_point_once_under_one_mlflow_parent(hydra_sweep_run
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"optimization_results.yaml", "results.csv", "results.json", "plots"} <= artifacts
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert "plots/optimization_history.html" in plots
+    assert "plots/optimization_history.png" in plots
 
     # The same command again: nothing new runs, the parent is reused.
     with sweep(hydra_sweep_runner, overrides, tmp_path / "sweep"):
@@ -264,7 +264,7 @@ def test_two_objectives_give_a_pareto_front(hydra_sweep_runner, tmp_path):
 
     plots = {a.path for a in MlflowClient(f"sqlite:///{out / 'mlflow.db'}").list_artifacts(parent.info.run_id,
                                                                                           "plots")}
-    assert "plots/pareto_front.html" in plots
+    assert "plots/pareto_front.png" in plots
     assert parent.data.metrics["pareto/size"] == len(front)
 
 

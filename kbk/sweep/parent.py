@@ -5,7 +5,7 @@ Params of a run cannot change, and a resumed sweep may find a new best: so the p
 fixed settings (its base config and search space, which `optuna_sweeper.check_settings` keeps identical for a
 study), while the best trial goes to metrics (`best/<metric>`, one step per finished-trial count), tags
 (`best.trial`, `best.params.<name>`) and the artifacts (`results.csv`, `results.json`,
-`optimization_results.yaml`, `plots/*.html`).
+`optimization_results.yaml`, `plots/*.png`).
 """
 
 from __future__ import annotations
@@ -44,12 +44,13 @@ class SweepParent:
              tags: Mapping[str, Any]) -> SweepParent:
         """Reopen the parent recorded on the study (same store and experiment), or create it and record it."""
         from kbk.tracking.mlflow_tracker import MlflowTracker
-        from kbk.tracking.store import ensure_experiment
+        from kbk.tracking.store import ensure_experiment, redact_url
 
         ensure_experiment(uri, experiment)  # schema + experiment once, here, before any trial process starts
         stored = study.user_attrs.get(PARENT_ATTR) or {}
         tracker = None
-        if stored.get("uri") == uri and stored.get("experiment") == experiment and stored.get("run_id"):
+        shown_uri = redact_url(uri)  # the study lives in a shared storage: no password goes there
+        if stored.get("uri") == shown_uri and stored.get("experiment") == experiment and stored.get("run_id"):
             try:
                 tracker = MlflowTracker.start(uri, experiment, run_id=stored["run_id"], tags=tags,
                                               flush_interval_s=None)
@@ -60,8 +61,8 @@ class SweepParent:
         if tracker is None:
             tracker = MlflowTracker.start(uri, experiment, run_name=f"sweep-{study.study_name}",
                                           tags={**tags, ROLE_TAG: "sweep"}, flush_interval_s=None)
-            study.set_user_attr(PARENT_ATTR, {"uri": uri, "experiment": experiment, "run_id": tracker.run_id})
-            log.info("sweep parent run %s created in %s", tracker.run_id, uri)
+            study.set_user_attr(PARENT_ATTR, {"uri": shown_uri, "experiment": experiment, "run_id": tracker.run_id})
+            log.info("sweep parent run %s created in %s", tracker.run_id, shown_uri)
         tracker.log_params(params)
         return cls(tracker)
 

@@ -1,5 +1,5 @@
 """What a sweep produced, read back from the study: the trials table, the best trial(s) or Pareto front, the
-`optimization_results.yaml` in the sweep folder, and Optuna's plots as HTML."""
+`optimization_results.yaml` in the sweep folder, and Optuna's plots as PNG (readable offline, in the MLflow UI)."""
 
 from __future__ import annotations
 
@@ -136,9 +136,14 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def write_plots(folder: Path, study: Study, metrics: Sequence[str] = ()) -> tuple[list[Path], list[str]]:
-    """Optuna's plots as HTML files (plotly.js from its CDN, so each stays small). Each plot is guarded: one
-    that fails (too few trials, one parameter, ...) is reported in the returned errors, never raised."""
-    import optuna.visualization as vis
+    """Optuna's plots as PNG files (`optuna.visualization.matplotlib`: no JavaScript, so they show on an offline
+    cluster and in the MLflow UI). Each plot is guarded: one that fails (too few trials, one parameter, ...) is
+    reported in the returned errors, never raised."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # before pyplot, which Optuna's matplotlib plots use: no display on a cluster node
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as vis
 
     names = metric_names(study, metrics)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
@@ -164,14 +169,19 @@ def write_plots(folder: Path, study: Study, metrics: Sequence[str] = ()) -> tupl
     written, errors = [], []
     for name, make in plots:
         try:
-            path = folder / f"{name}.html"
-            with warnings.catch_warnings():  # experimental-API and importance-evaluator notes, not problems
-                warnings.simplefilter("ignore")
-                figure = make()
-            figure.write_html(str(path), include_plotlyjs="cdn")
+            path = folder / f"{name}.png"
+            # rc_context: Optuna's plots switch the process-wide style to ggplot; put it back afterwards
+            with warnings.catch_warnings(), matplotlib.rc_context():
+                warnings.simplefilter("ignore")  # experimental-API and importance-evaluator notes, not problems
+                axes = make()
+                figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+                figure.set_size_inches(max(figure.get_size_inches()[0], 7.0), max(figure.get_size_inches()[1], 4.5))
+                figure.savefig(path, dpi=120, bbox_inches="tight")
             written.append(path)
         except Exception as e:  # noqa: BLE001 (a plot must never fail the sweep)
             errors.append(f"{name}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+        finally:
+            plt.close("all")
     for error in errors:
         log.warning("sweep plot skipped: %s", error)
     return written, errors
