@@ -88,7 +88,8 @@ def trainer_options(cfg: KbkConfig) -> TrainerOptions:
         epochs=t.epochs, max_steps=t.max_steps, lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
         eval_every=t.eval_every, eval_batches=t.eval_batches, log_every=t.log_every,
         checkpoint_every=t.checkpoint_every, fallback_threshold=t.fallback_threshold, max_nan_steps=t.max_nan_steps,
-        diagnostics_tokens=t.diagnostics_tokens, layerwise_eval=t.layerwise_eval, device=resolve_device(t.device),
+        diagnostics_tokens=t.diagnostics_tokens, layerwise_eval=t.layerwise_eval,
+        layerwise_tokens=t.layerwise_tokens, device=resolve_device(t.device),
     )
 
 

@@ -139,6 +139,7 @@ class TrainerConfig:
     max_nan_steps: int = 5
     diagnostics_tokens: int = 512
     layerwise_eval: bool = True
+    layerwise_tokens: int | None = 8192  # the first validation tokens of the final layer-wise passes; null: all
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", …
     resume: Any = False  # false | true (this run's checkpoint) | a path to a checkpoint
     log_checkpoint: bool = False  # also store the final checkpoint as an MLflow artifact
@@ -224,6 +225,7 @@ RULES: list[tuple[str, Any, str]] = [
     ("trainer.log_every", lambda v: v > 0, "an integer > 0"),
     ("trainer.checkpoint_every", lambda v: v is None or v > 0, "an integer > 0, or null for each evaluation"),
     ("trainer.max_nan_steps", lambda v: v > 0, "an integer > 0"),
+    ("trainer.layerwise_tokens", lambda v: v is None or v > 0, "an integer > 0, or null for the whole validation set"),
     ("trainer.device", lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
      "one of auto, cpu, cuda, cuda:<index>, mps"),
     ("trainer.resume", lambda v: isinstance(v, bool) or (isinstance(v, str) and v != ""),

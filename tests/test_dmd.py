@@ -400,3 +400,18 @@ def test_ridge_update_skips_the_eigendecomposition_when_the_bound_suffices_and_r
     strict.push(z[:10], z_next[:10])
     assert not strict.update(torch.eye(k)) and "ill-conditioned" in strict.last_reject_reason
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_estimate_after_an_update_is_that_updates_estimate_without_a_new_solve(estimator, monkeypatch):
+    k = 8
+    g = torch.Generator().manual_seed(18)
+    dmd = StreamingDMD(k, buffer_size=30, estimator=estimator)
+    dmd.push(torch.randn(25, k, generator=g), torch.randn(25, k, generator=g))
+    fresh = dmd.estimate()
+    assert dmd.update(torch.eye(k))
+    monkeypatch.setattr(StreamingDMD, "_solve", lambda self, *a: pytest.fail("solved again"))
+    assert torch.equal(dmd.estimate(), fresh)
+    monkeypatch.undo()
+    dmd.push(torch.randn(5, k, generator=g), torch.randn(5, k, generator=g))  # new data: a new solve
+    assert not torch.equal(dmd.estimate(), fresh)

@@ -183,3 +183,27 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     save_checkpoint(other.state_dict(), path)
     with pytest.raises(CheckpointError, match="does not fit"):
         trainer.resume(path)
+
+
+def test_layerwise_metrics_on_a_token_subset_equal_full_passes_over_those_windows():
+    trainer = make_trainer(max_steps=6, layerwise_tokens=40)  # 40 tokens: the first 3 windows of 16
+    trainer.fit()
+    got = trainer.layerwise_metrics()
+    assert got["koopman/layerwise_tokens"] == 48.0
+    # The reference: each mode's ordinary forward pass over exactly those three windows.
+    inputs, targets = next(iter(trainer.val_batches.epoch(0)))
+    inputs, targets = inputs[:3], targets[:3]
+    n = len(trainer.model.blocks)
+    with torch.no_grad():
+        for layer in range(n):
+            for mode in ("koopman", "skip"):
+                modes = ["standard"] * n
+                modes[layer] = mode
+                logits, _ = trainer.model(inputs, modes=modes)
+                expected = math.exp(torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1)))
+                assert got[f"koopman/{layer}/val_ppl_{mode}_only"] == pytest.approx(expected, rel=1e-6)
+        logits, _ = trainer.model(inputs)
+        standard = math.exp(torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1)))
+    assert got["koopman/layerwise_val_ppl"] == pytest.approx(standard, rel=1e-6)
+    trainer.options.layerwise_tokens = None  # the whole validation set: 8 windows
+    assert trainer.layerwise_metrics()["koopman/layerwise_tokens"] == 8 * 16

@@ -156,6 +156,8 @@ class StreamingDMD(torch.nn.Module):
         # The last update's condition number when the ridge bound made computing it unnecessary: computed into
         # `last_condition` only when read (`stats`, `state_dict`), not on every training step.
         self._pending_condition: Callable[[], float] | None = None
+        # (n_seen, K_dmd) of the last accepted estimate: `estimate()` on unchanged data returns it, not a new solve.
+        self._last_estimate: tuple[int, Tensor] | None = None
         self.register_state_dict_pre_hook(StreamingDMD._settle_before_saving)
 
     # ---- counters --------------------------------------------------------------------------------
@@ -207,6 +209,7 @@ class StreamingDMD(torch.nn.Module):
         self.n_steps = int(state.get("n_steps", 0))
         self.last_reject_reason = str(state.get("last_reject_reason", ""))
         self._pending_condition = None  # the loaded `last_condition` is the settled value
+        self._last_estimate = None
 
     # ---- data ------------------------------------------------------------------------------------
 
@@ -273,6 +276,8 @@ class StreamingDMD(torch.nn.Module):
     @torch.no_grad()
     def estimate(self) -> Tensor | None:
         """`K_dmd` `(k, k)` in the buffer dtype, or None before any pair arrives. No guardrails here."""
+        if self._last_estimate is not None and self._last_estimate[0] == int(self.n_seen):
+            return self._last_estimate[1].to(self.z.dtype)
         solved = self._solve()
         return None if solved is None else solved[0].to(self.z.dtype)
 
@@ -299,6 +304,7 @@ class StreamingDMD(torch.nn.Module):
                 return None, f"ill-conditioned: condition number {condition:.3g} > max_condition {limit:.3g}"
         if not bool(torch.isfinite(k_dmd).all()):
             return None, "non-finite estimate"
+        self._last_estimate = (int(self.n_seen), k_dmd)
         return k_dmd, ""
 
     @torch.no_grad()

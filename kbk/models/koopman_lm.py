@@ -198,11 +198,9 @@ class KoopmanResNetBKLM(nn.Module):
         `modes` is one of "standard" | "koopman" | "skip" for every block, or a list with one per block.
         """
         b, n = idx.shape
-        if n > self.n_seq:
-            raise ValueError(f"sequence length {n} exceeds the model's n_seq={self.n_seq}")
         if isinstance(modes, str):
             modes = [modes] * len(self.blocks)
-        x = self.token_embedding(idx) + self.position_embedding(torch.arange(n, device=idx.device))
+        x = self.embed(idx)
         sample = None
         if koopman_terms and self.has_koopman:
             m = self.koopman_options.sample_tokens
@@ -214,7 +212,18 @@ class KoopmanResNetBKLM(nn.Module):
             x, t = block(x, mode=mode, sample=sample)
             if t is not None:
                 terms.append(t)
-        return self.lm_head(self.final_norm(x)), terms
+        return self.head(x), terms
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token + position embeddings of (B, N) token ids: the first block's input."""
+        n = idx.shape[1]
+        if n > self.n_seq:
+            raise ValueError(f"sequence length {n} exceeds the model's n_seq={self.n_seq}")
+        return self.token_embedding(idx) + self.position_embedding(torch.arange(n, device=idx.device))
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits from the last block's output."""
+        return self.lm_head(self.final_norm(x))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -54,11 +54,17 @@ class TrainerOptions:
     max_nan_steps: int = 5
     diagnostics_tokens: int = 512  # validation tokens used for the per-layer Koopman diagnostics
     layerwise_eval: bool = True  # at the end: Koopman mode and layer-skip one layer at a time
+    layerwise_tokens: int | None = 8192  # the first validation tokens those use; None = all
     device: str = "cpu"
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def summed_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Total (not mean) cross-entropy of a batch, so batches of any size add up to an exact mean."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum").item()
 
 
 def safe_exp(x: float) -> float:
@@ -213,21 +219,34 @@ class HybridTrainer:
         return 1000.0 * (time.perf_counter() - t0)
 
     # ---------------------------------------------------------------- evaluation
-    @torch.no_grad()
+    # Evaluation runs under inference_mode (no autograd bookkeeping) and draws nothing from the RNG.
+    def _val_batches(self, max_tokens: int | None = None):
+        """Validation `(inputs, targets)` on the device: every batch (at most `eval_batches`), or with `max_tokens`
+        only the first windows that hold that many targets: a fixed subset, the same at every call."""
+        left = max_tokens
+        for j, (inputs, targets) in enumerate(self.val_batches.epoch(0)):
+            if (self.options.eval_batches is not None and j >= self.options.eval_batches) or (
+                left is not None and left <= 0
+            ):
+                break
+            if left is not None:
+                rows = -(-left // targets.shape[1])  # whole windows
+                inputs, targets = inputs[:rows], targets[:rows]
+                left -= targets.numel()
+            yield inputs.to(self.device), targets.to(self.device)
+
+    @torch.inference_mode()
     def evaluate(self, modes: str | list[str] = "standard") -> float:
         """Mean validation cross-entropy (nats/token) with the blocks in `modes`."""
         self.model.eval()
         total, count = 0.0, 0
-        for j, (inputs, targets) in enumerate(self.val_batches.epoch(0)):
-            if self.options.eval_batches is not None and j >= self.options.eval_batches:
-                break
-            inputs, targets = inputs.to(self.device), targets.to(self.device)
+        for inputs, targets in self._val_batches():
             logits, _ = self._forward(inputs, modes=modes)
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum").item()
+            total += summed_lm_loss(logits, targets)
             count += targets.numel()
         return total / count
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def koopman_diagnostics(self) -> dict[str, float]:
         """Per-layer operator and prediction diagnostics on the first validation tokens (no RNG drawn)."""
         self.model.eval()
@@ -235,8 +254,7 @@ class HybridTrainer:
         inputs = inputs.to(self.device)
         m = min(self.options.diagnostics_tokens, inputs.numel())
         sample = torch.arange(m, device=self.device)
-        x = self.model.token_embedding(inputs) + self.model.position_embedding(
-            torch.arange(inputs.shape[1], device=self.device))
+        x = self.model.embed(inputs)
         out: dict[str, float] = {}
         for layer, block in enumerate(self.model.blocks):
             x_next, t = block(x, sample=sample)
@@ -273,16 +291,36 @@ class HybridTrainer:
             metrics.update(self.koopman_diagnostics())
         return metrics
 
+    @torch.inference_mode()
     def layerwise_metrics(self) -> dict[str, float]:
-        """Validation PPL with one layer at a time in Koopman mode, next to skipping that layer."""
+        """Validation PPL with one layer at a time in Koopman mode, next to skipping that layer, on the first
+        `layerwise_tokens` validation tokens (all of them with None); `koopman/layerwise_val_ppl` is the standard
+        model's on the same tokens and `koopman/layerwise_tokens` their number.
+
+        The blocks before the layer under test compute what they compute in the standard model, so one standard
+        pass per batch (its block outputs kept) serves every layer and mode instead of being recomputed.
+        """
         if not (self.has_koopman and self.options.layerwise_eval):
             return {}
-        n, metrics = len(self.model.blocks), {}
-        for layer in range(n):
-            for mode in ("koopman", "skip"):
-                modes = ["standard"] * n
-                modes[layer] = mode
-                metrics[f"koopman/{layer}/val_ppl_{mode}_only"] = safe_exp(self.evaluate(modes))
+        model, blocks = self.model, self.model.blocks
+        model.eval()
+        totals = {(layer, mode): 0.0 for layer in range(len(blocks)) for mode in ("koopman", "skip")}
+        standard, count = 0.0, 0
+        for inputs, targets in self._val_batches(self.options.layerwise_tokens):
+            states = [model.embed(inputs)]  # states[l]: the input of block l in the standard model
+            for block in blocks:
+                states.append(block(states[-1])[0])
+            standard += summed_lm_loss(model.head(states[-1]), targets)
+            for layer, mode in totals:
+                x = blocks[layer](states[layer], mode=mode)[0]
+                for later in blocks[layer + 1:]:
+                    x = later(x)[0]
+                totals[layer, mode] += summed_lm_loss(model.head(x), targets)
+            count += targets.numel()
+        metrics = {f"koopman/{layer}/val_ppl_{mode}_only": safe_exp(total / count)
+                   for (layer, mode), total in totals.items()}
+        metrics["koopman/layerwise_val_ppl"] = safe_exp(standard / count)
+        metrics["koopman/layerwise_tokens"] = float(count)
         return metrics
 
     # ---------------------------------------------------------------- the loop
