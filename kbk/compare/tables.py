@@ -30,7 +30,7 @@ def number(value: float, places: int) -> str:
     return f"{value:,.{places}f}"
 
 
-def _signed(value: float, places: int) -> str:
+def signed(value: float, places: int) -> str:
     text = number(value, places)
     return text if text == DASH or text.startswith("-") else f"+{text}"
 
@@ -66,7 +66,7 @@ def wide(summary: pd.DataFrame, group_by: Sequence[str], differences: pd.DataFra
             mark = " *" if rec["excludes_zero"] else ""
             how = "" if rec["paired"] else " (unpaired)"
             p = places[rec["metric"]]
-            rows[key][f"Δ {rec['metric']}"] = (f"{_signed(rec['diff'], p)} {interval(rec['ci_low'], rec['ci_high'], p)}"
+            rows[key][f"Δ {rec['metric']}"] = (f"{signed(rec['diff'], p)} {interval(rec['ci_low'], rec['ci_high'], p)}"
                                                f"{mark}{how}")
     return pd.DataFrame(list(rows.values())).fillna(DASH)
 

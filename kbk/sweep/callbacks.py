@@ -22,8 +22,55 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from kbk.sweep import ENV_PARENT_RUN, ENV_SWEEP
+from kbk.sweep.parent import COMMAND_TAG, ROLE_TAG, sweep_command
 
 log = logging.getLogger(__name__)
+
+
+def swept_overrides(overrides: list[str]) -> dict[str, str]:
+    """`["koopman.dim=128,256", "model=tiny"]` → `{"sweep.params.koopman.dim": "128,256"}`: the overrides that
+    sweep (comma lists, `range(...)`, `choice(...)`), as a kbk sweeper's parent logs its search space."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return {f"sweep.params.{o.key_or_group}": o.get_value_element_as_str() for o in parsed if o.is_sweep_override()}
+
+
+def summarize_children(tracker: Any, experiment: str, metric: Any) -> None:
+    """The multirun's results on its parent: `results.csv` / `results.md` (the trials grouped by the swept
+    params, as `kbk.compare` shows them) and the best value of each optimized metric with its run."""
+    import tempfile
+    from pathlib import Path
+
+    from kbk import compare
+    from kbk.compare import tables
+    from kbk.errors import KbkError
+
+    metrics = [metric] if isinstance(metric, str) else [str(m) for m in metric]
+    try:
+        frame = compare.runs(tracker.uri, experiment, parent=tracker.run_id)
+        if frame.empty:
+            return
+        have = [m for m in metrics if f"metrics.{m}" in frame]
+        result = compare.compare_runs(frame, metrics=have or None)
+    except KbkError as e:  # nothing finished, or no metric to show: the parent still ends FINISHED
+        log.warning("multirun summary skipped: %s", e)
+        return
+    best_tags, best_values = {}, {}
+    for m in have:
+        best = frame.loc[frame[f"metrics.{m}"].idxmin()]  # kbk's metrics (loss, ppl, ms) are lower-is-better
+        best_values[f"best/{m}"] = float(best[f"metrics.{m}"])
+        best_tags[f"best.{m}.run"] = best["tags.mlflow.runName"]
+        best_tags.update({f"best.{m}.params.{k}": best[f"params.{k}"] for k in result.group_by})
+    tracker.log_metrics(best_values, step=len(frame))
+    tracker.set_tags(best_tags)
+    wide = tables.wide(result.summary, result.group_by)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "results.csv").write_text(tables.as_csv(result.summary, None, result.group_by))
+        (Path(tmp) / "results.md").write_text(tables.markdown(wide))
+        tracker.log_artifact(Path(tmp) / "results.csv")
+        tracker.log_artifact(Path(tmp) / "results.md")
+    tracker.flush()
 
 
 def _uses_kbk_sweeper(config: DictConfig) -> bool:
@@ -56,12 +103,17 @@ class MultirunParent(Callback):
         self.sweep_name = f"{config.get('name', 'kbk')}/{sweep_dir.name}"
         ensure_experiment(uri, experiment)
         overrides = [str(o) for o in config.hydra.overrides.task]
+        command = sweep_command()
         self._tracker = MlflowTracker.start(
             uri, experiment, run_name=f"multirun-{sweep_dir.name}", flush_interval_s=None,
-            tags={"kbk.role": "sweep", "kbk.sweep": self.sweep_name, "kbk.sweep_dir": str(sweep_dir),
-                  "kbk.overrides": " ".join(overrides)[:8000]},
+            tags={ROLE_TAG: "sweep", "kbk.sweep": self.sweep_name, "kbk.sweep_dir": str(sweep_dir),
+                  "kbk.overrides": " ".join(overrides)[:8000], **({COMMAND_TAG: command} if command else {})},
         )
+        # The swept overrides are the search space (`kbk.compare` groups by them), the rest the fixed settings.
+        self._tracker.log_params(swept_overrides(overrides))
         self.parent_run_id = self._tracker.run_id
+        self._experiment = experiment
+        self._metric = config.get("optimized_metric", "val/ppl")
         os.environ[ENV_PARENT_RUN] = self.parent_run_id
         os.environ[ENV_SWEEP] = self.sweep_name
         log.info("multirun parent run %s in %s", self.parent_run_id, uri)
@@ -89,6 +141,7 @@ class MultirunParent(Callback):
         for key in (ENV_PARENT_RUN, ENV_SWEEP):
             os.environ.pop(key, None)
         try:
+            summarize_children(self._tracker, self._experiment, self._metric)
             self._tracker.end("FINISHED")
         finally:
             self._tracker = None

@@ -29,6 +29,30 @@ log = logging.getLogger(__name__)
 PARENT_ATTR = "kbk.mlflow_parent"
 ROLE_TAG = "kbk.role"
 TRIAL_TAG = "optuna.trial_number"
+#: The command that reproduces the sweep, on its parent run (read by `kbk.report`).
+COMMAND_TAG = "kbk.command"
+#: Overrides Hydra or kbk add to a sweep's command line by themselves.
+_IMPLIED_OVERRIDES = ("hydra.mode=", "hydra.job.env_set", "++hydra.job.env_set", "+hydra.job.env_set")
+
+
+def sweep_command() -> str | None:
+    """`python -m kbk.run -m <overrides>` of the running sweep, from Hydra's record of its command line (URL
+    passwords redacted); None outside a Hydra app."""
+    import shlex
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from kbk.tracking.store import redact_url
+
+    if not HydraConfig.initialized():
+        return None
+    recorded = HydraConfig.get().overrides
+    overrides = [str(o) for o in (*recorded.hydra, *recorded.task) if not str(o).startswith(_IMPLIED_OVERRIDES)]
+    shown = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        shown.append(f"{key}{sep}{redact_url(value)}" if "://" in value else override)
+    return " ".join(["python -m kbk.run -m", *map(shlex.quote, shown)])
 
 
 class SweepParent:
@@ -59,8 +83,10 @@ class SweepParent:
                 log.warning("cannot reopen the sweep's parent run %s (%s); creating a new one",
                             stored["run_id"], e)
         if tracker is None:
+            command = sweep_command()
             tracker = MlflowTracker.start(uri, experiment, run_name=f"sweep-{study.study_name}",
-                                          tags={**tags, ROLE_TAG: "sweep"}, flush_interval_s=None)
+                                          tags={**tags, ROLE_TAG: "sweep", **({COMMAND_TAG: command} if command
+                                                                              else {})}, flush_interval_s=None)
             study.set_user_attr(PARENT_ATTR, {"uri": shown_uri, "experiment": experiment, "run_id": tracker.run_id})
             log.info("sweep parent run %s created in %s", tracker.run_id, shown_uri)
         tracker.log_params(params)

@@ -1,0 +1,229 @@
+"""python -m kbk.report: one sweep → a self-contained study report (README.md and its plots), written to a folder
+and logged on the sweep's parent run. Every number in it comes from the MLflow store.
+
+    python -m kbk.report --sweep koopman_dim_grid --out experiments/koopman_dim
+    python -m kbk.report --sweep koopman_dim_grid --baseline koopman.dim=256 --metric val/ppl val/ppl_koopman \\
+        --question "Does koopman_dim change the perplexity?" --out experiments/koopman_dim
+
+The report holds the question, the command that reproduces the sweep, the code commit, the tables (n, mean, sd,
+95% interval; paired differences against the baseline, findings only where the interval excludes zero), the
+plots, a per-layer summary of the Koopman diagnostics, the trials that did not finish and why, and the settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from kbk.compare import Comparison, compare_runs, stats, tables
+from kbk.compare.select import Selection, is_factor, select, swept_params
+from kbk.errors import KbkError
+
+#: Per-layer diagnostics shown in the report (logged as `koopman/<layer>/<name>` at the final evaluation).
+DIAGNOSTICS = ("val_ppl_koopman_only", "val_ppl_skip_only", "one_step_rel_err", "one_step_rel_err_identity",
+               "spectral_radius", "drift_rel", "dmd_accept_rate")
+END_REASON = "tags.kbk.end_reason"
+
+
+def sweep_selection(uri: str | None, experiment: str, sweep: str) -> Selection:
+    selection = select(uri, experiment, sweep=sweep, status=None)
+    if selection.runs.empty and selection.parents.empty:
+        raise KbkError(f"no sweep {sweep!r} in experiment {experiment!r} at {selection.uri}: run it first "
+                       f"(python -m kbk.run -m hparams_search=...), or check --uri/--experiment")
+    if (selection.runs["status"] == "FINISHED").sum() == 0 if not selection.runs.empty else True:
+        raise KbkError(f"sweep {sweep!r} has no finished trials yet: nothing to report (rerun its command to "
+                       f"finish it)")
+    return selection
+
+
+def _parent(selection: Selection) -> pd.Series | None:
+    if selection.parents.empty:
+        return None
+    return selection.parents.sort_values("start_time").iloc[-1]
+
+
+def _cell(value: object) -> str:
+    return "—" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+
+
+def diagnostics_table(comparison: Comparison) -> pd.DataFrame | None:
+    """Mean over seeds of each diagnostic, one row per group and layer."""
+    runs = comparison.runs
+    layers = sorted({c.split("/")[1] for c in runs.columns if c.startswith("metrics.koopman/")},
+                    key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else s))
+    if not layers:
+        return None
+    names = [n for n in DIAGNOSTICS if any(f"metrics.koopman/{layer}/{n}" in runs for layer in layers)]
+    metrics = [f"koopman/{layer}/{n}" for layer in layers for n in names if f"metrics.koopman/{layer}/{n}" in runs]
+    summary = stats.summary(runs, comparison.group_by, metrics, comparison.confidence)
+    summary["layer"] = summary["metric"].str.split("/").str[1]
+    summary["name"] = summary["metric"].str.split("/").str[2]
+    wide = summary.pivot_table(index=[*comparison.group_by, "layer"], columns="name", values="mean", sort=False)
+    wide = wide[[n for n in names if n in wide.columns]].reset_index()
+    places = {n: tables.decimals(list(wide[n])) for n in names if n in wide}
+    for n, p in places.items():
+        wide[n] = [tables.number(v, p) for v in wide[n]]
+    return wide.astype(str)
+
+
+def unfinished_table(selection: Selection, group_by: Sequence[str]) -> pd.DataFrame:
+    runs = selection.runs[selection.runs["status"] != "FINISHED"]
+    rows = []
+    for rec in runs.sort_values("start_time").to_dict("records"):
+        rows.append({"run": _cell(rec.get("tags.mlflow.runName")), "status": rec["status"],
+                     **{k: _cell(rec.get(f"params.{k}")) for k in (*group_by, stats.SEED)},
+                     "reason": _cell(rec.get(END_REASON)).replace("\n", " ")[:200]})
+    return pd.DataFrame(rows)
+
+
+def findings(comparison: Comparison) -> list[str]:
+    """One line per (group, metric) difference: a finding where the interval excludes zero, else none."""
+    if comparison.differences is None:
+        return []
+    base = ", ".join(f"{k}={v}" for k, v in comparison.baseline.items())
+    places = {m: tables.decimals(list(comparison.summary.loc[comparison.summary["metric"] == m, "mean"]))
+              for m in comparison.metrics}
+    lines = []
+    for rec in comparison.differences.to_dict("records"):
+        group = ", ".join(f"{k}={rec[k]}" for k in comparison.group_by)
+        p = places[rec["metric"]]
+        ci = tables.interval(rec["ci_low"], rec["ci_high"], p)
+        how = f"paired over {rec['n']} seeds" if rec["paired"] else f"unpaired, n={rec['n']}"
+        if rec["excludes_zero"]:
+            lines.append(f"**{group}** vs {base}: {rec['metric']} {tables.signed(rec['diff'], p)} {ci} "
+                         f"({how}) — the interval excludes zero.")
+        else:
+            lines.append(f"{group} vs {base}: {rec['metric']} — no measurable difference "
+                         f"({tables.signed(rec['diff'], p)} {ci}, {how}).")
+    return lines
+
+
+def settings_block(selection: Selection, group_by: Sequence[str]) -> list[str]:
+    """The settings every finished trial shares (the sweep's fixed config), as `key: value` lines; unset options
+    and where things were written are left out."""
+    finished = selection.runs[selection.runs["status"] == "FINISHED"]
+    lines = []
+    for col in sorted(c for c in finished.columns if c.startswith("params.")):
+        key = col[len("params."):]
+        values = finished[col].dropna().unique()
+        if key in group_by or not is_factor(key) or len(values) != 1 or values[0] == "None":
+            continue
+        lines.append(f"{key}: {values[0]}")
+    return lines
+
+
+def write_report(selection: Selection, comparison: Comparison, out: Path, *, sweep: str, question: str | None,
+                 command: str) -> Path:
+    from kbk.compare.__main__ import curves
+    from kbk.compare.plots import plot_metrics
+
+    out.mkdir(parents=True, exist_ok=True)
+    parent = _parent(selection)
+    runs = selection.runs
+    counts = runs["status"].value_counts().to_dict()
+    finished = comparison.runs
+    commits = sorted(set(finished.get("tags.kbk.git_commit", pd.Series(dtype=str)).dropna()))
+    dirty = "true" in set(finished.get("tags.kbk.git_dirty", pd.Series(dtype=str)).dropna())
+    plot_metrics(finished, comparison.group_by, comparison.metrics, out / "metrics.png", f"sweep {sweep}",
+                 comparison.confidence)
+    curves(comparison, comparison.metrics, out / "curves.png")
+    reproduce = _cell(parent.get("tags.kbk.command")) if parent is not None else "—"
+    ns = sorted({int(n) for n in comparison.summary["n"]})
+    lines = [f"# Study: {sweep}", ""]
+    swept = ", ".join(f"`{k}`" for k in comparison.group_by) or "nothing"
+    lines += [question or f"How do {', '.join(f'`{m}`' for m in comparison.metrics)} change with {swept}?", ""]
+    lines += ["| | |", "|---|---|",
+              f"| Trials | {counts.get('FINISHED', 0)} finished, {counts.get('KILLED', 0)} pruned or killed, "
+              f"{counts.get('FAILED', 0)} failed; n = {'–'.join(map(str, (ns[0], ns[-1]))) if len(ns) > 1 else ns[0]}"
+              f" per group (seeds) |",
+              f"| Reproduce the sweep | `{reproduce}` |",
+              f"| Code | {', '.join(f'`{c[:12]}`' for c in commits) or '—'}"
+              f"{' (uncommitted changes)' if dirty else ''} |",
+              f"| Store | `{selection.uri}`, experiment `{selection.experiment}`, parent run "
+              f"`{_cell(parent['run_id']) if parent is not None else '—'}` |",
+              f"| This report | `{command}` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC) |", ""]
+    lines += ["## Results", "",
+              f"Final value of each metric per group: mean ± sample sd over seeds and the "
+              f"{comparison.confidence:.0%} Student-t interval of the mean.", "",
+              tables.markdown(tables.wide(comparison.summary, comparison.group_by, comparison.differences,
+                                          comparison.confidence)).rstrip(), ""]
+    if comparison.differences is not None:
+        base = ", ".join(f"{k}={v}" for k, v in comparison.baseline.items())
+        lines += [f"Δ = group − baseline ({base}), paired by seed where both hold the same seeds (Welch's interval "
+                  f"otherwise); `*` marks an interval that excludes zero — only those differences are findings.", ""]
+        lines += [f"- {line}" for line in findings(comparison)] + [""]
+    lines += ["![metrics against the swept param](metrics.png)", "", "Learning curves (mean over seeds, "
+              f"{comparison.confidence:.0%} band):", "", "![learning curves](curves.png)", ""]
+    diag = diagnostics_table(comparison)
+    if diag is not None:
+        lines += ["## Koopman diagnostics per layer", "",
+                  "Final evaluation, mean over seeds. `val_ppl_koopman_only`: the model with only this layer "
+                  "replaced by its Koopman operator; `val_ppl_skip_only`: the model with only this layer skipped; "
+                  "`one_step_rel_err` vs `one_step_rel_err_identity`: the operator's relative one-step error in "
+                  "lifted space against K = I.", "", tables.markdown(diag).rstrip(), ""]
+    unfinished = unfinished_table(selection, comparison.group_by)
+    lines += ["## Trials that did not finish", ""]
+    lines += [tables.markdown(unfinished).rstrip() if not unfinished.empty else "None: every trial finished.", ""]
+    settings = settings_block(selection, comparison.group_by)
+    lines += ["## Settings", "", f"<details><summary>The {len(settings)} settings every finished trial shares"
+              "</summary>", "", "```yaml", *settings, "```", "", "</details>", ""]
+    path = out / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def log_on_parent(selection: Selection, out: Path) -> str | None:
+    """The report as artifacts (`report/`) of the sweep's parent run; the run's status is left as it is."""
+    from mlflow import MlflowClient
+
+    parent = _parent(selection)
+    if parent is None:
+        return None
+    MlflowClient(selection.uri).log_artifacts(parent["run_id"], str(out), "report")
+    return str(parent["run_id"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m kbk.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sweep", required=True, help="the sweep's study name (tag kbk.sweep)")
+    p.add_argument("--out", type=Path, help="folder for README.md and the plots (default: outputs/reports/<sweep>)")
+    p.add_argument("--baseline", help="group the others are compared to, e.g. koopman.dim=256")
+    p.add_argument("--metric", nargs="+", help="metrics (default: val/ppl val/ppl_koopman)")
+    p.add_argument("--group-by", nargs="*", help="params to group by (default: the sweep's search space)")
+    p.add_argument("--question", help="the question the study answers (first line of the report)")
+    p.add_argument("--uri", help="tracking URI (default: the SQLite store under outputs/)")
+    p.add_argument("--experiment", default="kbk")
+    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--no-log", action="store_true", help="do not log the report on the sweep's parent run")
+    args = p.parse_args(argv)
+    try:
+        from kbk.paths import outputs_dir
+
+        selection = sweep_selection(args.uri, args.experiment, args.sweep)
+        finished = selection.runs[selection.runs["status"] == "FINISHED"].reset_index(drop=True)
+        finished.attrs.update(swept=swept_params(selection), uri=selection.uri, experiment=args.experiment,
+                              sweep=args.sweep)
+        comparison = compare_runs(finished, args.group_by, args.metric, args.baseline, args.confidence)
+        out = args.out or outputs_dir() / "reports" / args.sweep
+        command = " ".join(["python -m kbk.report", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+        path = write_report(selection, comparison, out, sweep=args.sweep, question=args.question, command=command)
+        print(f"wrote {path}")
+        if not args.no_log:
+            run_id = log_on_parent(selection, out)
+            print(f"logged on the sweep's parent run {run_id} (artifacts report/)" if run_id else
+                  "no parent run found: the report is only in the folder")
+    except KbkError as exc:
+        print(f"kbk.report: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""kbk.report on a real MLflow store: the README it writes carries the reproducing command, the tables with the
+numbers of the store, the findings only where the interval excludes zero, the diagnostics, the unfinished trials
+and their reasons; its plots are PNG files; it is logged on the sweep's parent run; bad input is one line."""
+
+import pytest
+from mlflow import MlflowClient
+from sweep_store import COMMAND, build_store
+
+from kbk.report import main
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return build_store(tmp_path_factory.mktemp("store"))
+
+
+def test_report_reads_well_and_is_logged_on_the_parent(store, tmp_path, capsys):
+    uri, pid = store
+    out = tmp_path / "report"
+    assert main(["--uri", uri, "--sweep", "grid", "--baseline", "koopman.dim=256", "--metric", "val/ppl",
+                 "--question", "Does koopman_dim matter?", "--out", str(out)]) == 0
+    text = (out / "README.md").read_text()
+    assert text.startswith("# Study: grid\n\nDoes koopman_dim matter?")
+    assert f"`{COMMAND}`" in text  # the command that reproduces the sweep, from the parent's tag
+    assert "| 128 | 2 | 198.0 ± 2.8 |" in text and "| 512 | 3 | 180.0 ± 1.0 |" in text
+    # 128 − 256 paired over seeds 0, 1: +9.5 with t(1) interval [3.1, 15.9]: a finding; 512 is Welch (unpaired)
+    assert "**koopman.dim=128** vs koopman.dim=256: val/ppl +9.5 [3.1, 15.9] (paired over 2 seeds)" in text
+    assert "koopman.dim=512 vs koopman.dim=256: val/ppl" in text
+    assert "| 128 | 0 | 1.050 |" in text  # spectral radius of layer 0, mean of seeds 0 and 1
+    assert "| trial-7 | FAILED | 1024 | 0 | ConfigError: out of memory |" in text
+    assert "| trial-8 | KILLED | 512 | 3 | pruned |" in text
+    assert "model.d_model: 64" in text and "paths.outputs" not in text and "tracking.uri" not in text
+    for name in ("metrics.png", "curves.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    logged = {a.path for a in MlflowClient(uri).list_artifacts(pid, "report")}
+    assert logged == {"report/README.md", "report/metrics.png", "report/curves.png"}
+    assert MlflowClient(uri).get_run(pid).info.status == "FINISHED"  # logging did not reopen the parent
+    assert f"logged on the sweep's parent run {pid}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sweep", "nope"], "no sweep 'nope'"),
+    (["--sweep", "dead"], "sweep 'dead' has no finished trials"),
+    (["--sweep", "grid", "--metric", "val/nope"], "no selected run has the metric 'val/nope'"),
+])
+def test_bad_input_is_one_line(store, tmp_path, capsys, args, message):
+    uri, _ = store
+    out = tmp_path / "r"
+    assert main(["--uri", uri, "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not out.exists()
