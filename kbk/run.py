@@ -124,6 +124,34 @@ def settings_of(cfg: DictConfig):
     return settings
 
 
+def known_secrets(cfg: DictConfig) -> list[str]:
+    """Passwords this job knows (in tracking.uri, in the sweep's storage URL): never written by kbk. Better kept out
+    of the config altogether: MLFLOW_TRACKING_USERNAME/PASSWORD for a server, ~/.pgpass for PostgreSQL."""
+    from kbk.sweep import ENV_STORAGE
+    from kbk.tracking.store import url_password
+
+    uri = OmegaConf.select(cfg, "tracking.uri", default=None)
+    return [p for p in (url_password(uri), url_password(os.environ.get(ENV_STORAGE))) if p]
+
+
+def redacted(cfg: DictConfig, secrets: list[str]) -> DictConfig:
+    """`cfg` resolved, with every secret replaced by `***` (for printing and logging)."""
+    if not secrets:
+        return cfg
+    from kbk.tracking.store import redact_text
+
+    return OmegaConf.create(redact_text(OmegaConf.to_yaml(cfg, resolve=True), secrets))
+
+
+def redact_files(folder: Path, secrets: list[str]) -> None:
+    from kbk.tracking.store import redact_text
+
+    for path in sorted(folder.glob("*.yaml")) if secrets else []:
+        text = path.read_text()
+        if redact_text(text, secrets) != text:
+            path.write_text(redact_text(text, secrets))
+
+
 def identity(cfg: DictConfig) -> dict[str, Any]:
     """What makes two runs the same experiment: the config minus where things are written and how to resume."""
     plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
@@ -144,10 +172,12 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
 
     # Everything that can be wrong with the input fails here, before a run exists anywhere.
     try:
+        secrets = known_secrets(cfg)
+        redact_files(output_dir / ".hydra", secrets)  # Hydra wrote the overrides as typed
         settings = settings_of(cfg)
         seed_everything(settings.seed)
         run_hash = config_hash(identity(cfg))
-        console.print_config(cfg)
+        console.print_config(redacted(cfg, secrets))
         data = build.corpus(settings)
         train_batches, val_batches = build.batches(settings, data)
         model = build.model(settings, data.vocab_size)
@@ -164,6 +194,7 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
             trainer.resume(previous["checkpoint"])
             console.say(f"resuming {previous['checkpoint']} at step {trainer.step}")
         tracker = start_tracking(settings, cfg, output_dir, run_hash, build.parameter_counts(model), previous)
+        console.phase(f"ready to train, MLflow run {tracker.run_id}" if tracker is not None else "ready to train")
     except KbkError:
         if not sweep:
             shutil.rmtree(output_dir, ignore_errors=True)  # nothing half-written: the run never started
@@ -250,7 +281,7 @@ def start_tracking(settings, cfg: DictConfig, output_dir: Path, run_hash: str, c
     uri = resolve_tracking_uri(settings.tracking.uri, outputs_dir(settings.paths.outputs))
     ensure_experiment(uri, settings.tracking.experiment)
     resumed_run = (previous or {}).get("run_id")
-    params = flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    params = flatten(OmegaConf.to_container(redacted(cfg, known_secrets(cfg)), resolve=True, enum_to_str=True))
     params.pop("trainer.resume", None)  # the one value that differs between a run and its resumption
     if resumed_run:
         # Where things are written and stored (paths, tracking, log_checkpoint) may change between a run and its
@@ -307,7 +338,7 @@ def log_artifacts(tracker, cfg: DictConfig, settings, trainer, output_dir: Path,
     from kbk.koopman.diagnostics import plot_eigenvalues
     from kbk.tracking.plots import plot_training_curves
 
-    tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    tracker.log_text(OmegaConf.to_yaml(redacted(cfg, known_secrets(cfg)), resolve=True), "config.yaml")
     hydra_dir = output_dir / ".hydra"
     if hydra_dir.is_dir():
         tracker.log_artifact(hydra_dir, ".hydra")

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from kbk.errors import TrackingError
 from kbk.tracking.run_info import flatten
+from kbk.tracking.store import redact_url
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -239,7 +240,7 @@ class MlflowTracker:
                     client.get_run(parent_run_id)
                 except MlflowException as e:
                     raise TrackingError(
-                        f"Parent run {parent_run_id} is not in {uri} ({_describe(e)}). Fix: create the "
+                        f"Parent run {parent_run_id} is not in {redact_url(uri)} ({_describe(e)}). Fix: create the "
                         "parent run in the same store first, or drop parent_run_id."
                     ) from e
             if run_id is None:
@@ -252,7 +253,7 @@ class MlflowTracker:
                     run = client.get_run(run_id)
                 except MlflowException as e:
                     raise TrackingError(
-                        f"Cannot resume MLflow run {run_id}: it is not in {uri} ({_describe(e)}). Fix: "
+                        f"Cannot resume MLflow run {run_id}: it is not in {redact_url(uri)} ({_describe(e)}). Fix: "
                         "check tracking.uri (the store the run was made in), or start a new run instead of "
                         "resuming."
                     ) from e
@@ -281,7 +282,7 @@ class MlflowTracker:
                 known = dict(run.data.params)
         except MlflowException as e:
             raise TrackingError(
-                f"MLflow store {uri}: could not {'create' if run_id is None else 'reopen'} the run "
+                f"MLflow store {redact_url(uri)}: could not {'create' if run_id is None else 'reopen'} the run "
                 f"({_describe(e)}). Fix: check that tracking.uri points at a usable store, or use "
                 "tracking=none."
             ) from e
@@ -425,7 +426,7 @@ class MlflowTracker:
                 raise
             except Exception as e:
                 raise TrackingError(
-                    f"MLflow store {self.uri}: could not {action} for run {self.run_id} ({_describe(e)}). "
+                    f"MLflow store {redact_url(self.uri)}: could not {action} for run {self.run_id} ({_describe(e)}). "
                     "Fix: check that the store is reachable and writable (a tracking server still running, "
                     "a disk not full), or use tracking=none."
                 ) from e
@@ -619,4 +620,4 @@ class MlflowTracker:
 
     def __repr__(self) -> str:
         state = "ended" if self._ended else "open"
-        return f"MlflowTracker(run_id={self.run_id!r}, uri={self.uri!r}, {state})"
+        return f"MlflowTracker(run_id={self.run_id!r}, uri={redact_url(self.uri)!r}, {state})"

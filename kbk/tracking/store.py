@@ -74,7 +74,8 @@ def resolve_tracking_uri(uri: str | None, outputs_dir: str | Path) -> str:
       itself requires for them; then made absolute.
     - `http(s)://` and database URLs (`postgresql://`, `mysql://`, `mssql://`) are passed through, except
       that a bare `postgresql://` becomes `postgresql+psycopg2://` when only psycopg2 is installed
-      (SQLAlchemy 2.1 would look for psycopg 3).
+      (SQLAlchemy 2.1 would look for psycopg 3), and that credentials in an http(s) URL move to MLflow's
+      MLFLOW_TRACKING_USERNAME/PASSWORD variables of this process.
     """
     if uri is None or not str(uri).strip():
         return f"sqlite:///{_absolute(outputs_dir) / 'mlflow.db'}"
@@ -96,7 +97,7 @@ def resolve_tracking_uri(uri: str | None, outputs_dir: str | Path) -> str:
             )
         return f"{prefix}:///{_absolute(path)}{sep}{query}"
     if scheme in ("http", "https"):
-        return uri.rstrip("/")
+        return _credentials_to_environment(uri.rstrip("/"))
     if scheme in DATABASE_SCHEMES:
         if uri.lower().startswith("postgresql://") and _missing("psycopg") and not _missing("psycopg2"):
             # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; kbk installs psycopg2.
@@ -125,6 +126,20 @@ def resolve_tracking_uri(uri: str | None, outputs_dir: str | Path) -> str:
         "sqlite:////abs/path.db, http(s)://host:port (an MLflow server), or a postgresql:// / mysql:// "
         "database URL; or leave it unset for outputs/mlflow.db."
     )
+
+
+def _credentials_to_environment(uri: str) -> str:
+    """`http://user:PW@host` -> `http://host`, with the credentials in MLFLOW_TRACKING_USERNAME/PASSWORD (MLflow's
+    own way to authenticate, inherited by job processes): MLflow prints its URI ("View run at ...") and kbk stores
+    it, so the URI that goes on must hold no password."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(uri)
+    if not parts.password:
+        return uri
+    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username or ""))
+    os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password))
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
 def url_password(url: str | None) -> str | None:
@@ -273,7 +288,8 @@ def _artifact_location(uri: str, name: str) -> str | None:
 def _wrap(uri: str, action: str, error: Exception) -> TrackingError:
     cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return TrackingError(
-        f"MLflow store {redact_url(uri)}: could not {action} ({type(error).__name__}: {redact_text(cause, [url_password(uri) or ''])}). Fix: check that "
+        f"MLflow store {redact_url(uri)}: could not {action} ({type(error).__name__}: "
+        f"{redact_text(cause, [url_password(uri) or ''])}). Fix: check that "
         "tracking.uri points at a usable store (a writable SQLite file, a running server, a reachable "
         "database), or use tracking=none to run without tracking."
     )
@@ -327,7 +343,8 @@ def experiment_id(client: MlflowClient, uri: str, name: str, create: bool = True
     except MlflowException as e:
         raise _wrap(uri, f"get or create experiment {name!r}", e) from e
     if experiment is None:
-        raise TrackingError(f"No experiment {name!r} in {redact_url(uri)}. Fix: create it with ensure_experiment first.")
+        raise TrackingError(f"No experiment {name!r} in {redact_url(uri)}. Fix: create it with ensure_experiment "
+                            "first.")
     if experiment.lifecycle_stage != "active":
         raise TrackingError(
             f"Experiment {name!r} in {redact_url(uri)} is deleted (id {experiment.experiment_id}). Fix: restore it "
