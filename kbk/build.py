@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from kbk import console
 from kbk.config import KbkConfig, as_plain
 from kbk.data.batching import TokenBatches
 from kbk.data.corpus import Corpus, load_corpus
@@ -35,7 +36,10 @@ def corpus(cfg: KbkConfig) -> Corpus:
     options = {k: v for k, v in data.items() if v is not None}
     if source in CACHED_SOURCES:
         options["cache_dir"] = str(outputs_dir(cache_dir or f"{cfg.paths.outputs}/cache/data"))
-    return load_corpus(source, **options)
+    data = load_corpus(source, **options)
+    console.phase(f"data {data.name}: {data.train.numel():,} training + {data.val.numel():,} validation tokens, "
+                  f"vocabulary {data.vocab_size:,}" + (" (from the cache)" if data.from_cache else ""))
+    return data
 
 
 def batches(cfg: KbkConfig, data: Corpus) -> tuple[TokenBatches, TokenBatches]:
@@ -70,6 +74,12 @@ def koopman_options(cfg: KbkConfig) -> KoopmanOptions | None:
 
 
 def model(cfg: KbkConfig, vocab_size: int) -> torch.nn.Module:
+    net = _model(cfg, vocab_size)
+    console.phase(f"model {cfg.model.arch}: {sum(p.numel() for p in net.parameters()):,} parameters")
+    return net
+
+
+def _model(cfg: KbkConfig, vocab_size: int) -> torch.nn.Module:
     m = cfg.model
     if m.arch == "transformer":
         if cfg.koopman.enabled:

@@ -1,18 +1,41 @@
-"""What a run prints: the resolved config once, a line per evaluation, and the final summary."""
+"""What a run prints: the resolved config once, the start-up phases as they finish, a line per evaluation, and the
+final summary."""
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 
+def process_start() -> float:
+    """The `time.perf_counter()` reading at which this process started (from /proc on Linux; elsewhere, when this
+    module was first imported), so start-up phases count the interpreter's and the imports' time too."""
+    try:
+        # Field 22 of /proc/self/stat (the 20th after the parenthesised command name): start time in clock ticks.
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.perf_counter() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter()
+
+
+STARTED = process_start()
+
+
 def say(message: str) -> None:
     print(f"[kbk] {message}", flush=True)
+
+
+def phase(message: str) -> None:
+    """A start-up phase as it finishes, with the seconds since the command started."""
+    say(f"start-up {time.perf_counter() - STARTED:5.1f} s: {message}")
 
 
 def print_config(cfg: DictConfig) -> None:

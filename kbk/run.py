@@ -195,6 +195,7 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
             console.say(f"resuming {previous['checkpoint']} at step {trainer.step}")
         tracker = start_tracking(settings, cfg, output_dir, run_hash, build.parameter_counts(model), previous)
         console.phase(f"ready to train, MLflow run {tracker.run_id}" if tracker is not None else "ready to train")
+        console.phase(f"ready to train, MLflow run {tracker.run_id}" if tracker is not None else "ready to train")
     except KbkError:
         if not sweep:
             shutil.rmtree(output_dir, ignore_errors=True)  # nothing half-written: the run never started
