@@ -33,7 +33,7 @@ def swept_overrides(overrides: list[str]) -> dict[str, str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(overrides)
-    return {f"sweep.params.{o.key_or_group}": o.get_value_element_as_str() for o in parsed if o.is_sweep_override()}
+    return {f"sweep.params.{o.key_or_group}": o.input_line.partition("=")[2] for o in parsed if o.is_sweep_override()}
 
 
 def summarize_children(tracker: Any, experiment: str, metric: Any) -> None:
@@ -84,6 +84,8 @@ class MultirunParent(Callback):
         self.sweep_name: str | None = None
         self._tracker: Any = None
         self._saved_env: dict[str, str | None] = {}
+        self._experiment = "kbk"
+        self._metric: Any = "val/ppl"
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if _uses_kbk_sweeper(config):
@@ -103,14 +105,15 @@ class MultirunParent(Callback):
         self.sweep_name = f"{config.get('name', 'kbk')}/{sweep_dir.name}"
         ensure_experiment(uri, experiment)
         overrides = [str(o) for o in config.hydra.overrides.task]
-        command = sweep_command()
+        space = swept_overrides(overrides)
+        command = sweep_command(config.hydra)
         self._tracker = MlflowTracker.start(
             uri, experiment, run_name=f"multirun-{sweep_dir.name}", flush_interval_s=None,
             tags={ROLE_TAG: "sweep", "kbk.sweep": self.sweep_name, "kbk.sweep_dir": str(sweep_dir),
                   "kbk.overrides": " ".join(overrides)[:8000], **({COMMAND_TAG: command} if command else {})},
         )
         # The swept overrides are the search space (`kbk.compare` groups by them), the rest the fixed settings.
-        self._tracker.log_params(swept_overrides(overrides))
+        self._tracker.log_params(space)
         self.parent_run_id = self._tracker.run_id
         self._experiment = experiment
         self._metric = config.get("optimized_metric", "val/ppl")

@@ -35,18 +35,20 @@ COMMAND_TAG = "kbk.command"
 _IMPLIED_OVERRIDES = ("hydra.mode=", "hydra.job.env_set", "++hydra.job.env_set", "+hydra.job.env_set")
 
 
-def sweep_command() -> str | None:
-    """`python -m kbk.run -m <overrides>` of the running sweep, from Hydra's record of its command line (URL
-    passwords redacted); None outside a Hydra app."""
+def sweep_command(hydra_cfg: Any = None) -> str | None:
+    """`python -m kbk.run -m <overrides>` of the running sweep, from Hydra's record of its command line in
+    `hydra_cfg` (default: the running app's; URL passwords redacted); None outside a Hydra app."""
     import shlex
 
     from hydra.core.hydra_config import HydraConfig
 
     from kbk.tracking.store import redact_url
 
-    if not HydraConfig.initialized():
-        return None
-    recorded = HydraConfig.get().overrides
+    if hydra_cfg is None:
+        if not HydraConfig.initialized():
+            return None
+        hydra_cfg = HydraConfig.get()
+    recorded = hydra_cfg.overrides
     overrides = [str(o) for o in (*recorded.hydra, *recorded.task) if not str(o).startswith(_IMPLIED_OVERRIDES)]
     shown = []
     for override in overrides:
