@@ -112,6 +112,15 @@ def test_bad_input_is_one_line_and_exit_2(store, capsys, args, message):
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_runs_that_differ_in_too_many_params_ask_for_a_choice(store):
+    uri, _ = store
+    runs = compare.runs(uri, sweep="grid")
+    runs.attrs["swept"] = [f"p{i}" for i in range(7)]
+    with pytest.raises(compare.KbkError, match="differ in 7 params"):
+        compare.compare_runs(runs)
+    assert compare.compare_runs(runs, group_by=["koopman.dim"]).group_by == ["koopman.dim"]
+
+
 def test_a_missing_store_is_an_error_and_is_not_created(tmp_path, capsys):
     db = tmp_path / "none" / "mlflow.db"
     assert main(["--uri", f"sqlite:///{db}"]) == 2

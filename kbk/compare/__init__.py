@@ -23,6 +23,8 @@ from kbk.errors import KbkError
 
 #: Shown when no --metric is given (those the runs have).
 DEFAULT_METRICS = ("val/ppl", "val/ppl_koopman")
+#: More differing params than this make an unreadable table: the user chooses (--group-by) or narrows the runs.
+MAX_AUTO_GROUP_KEYS = 5
 
 __all__ = ["Comparison", "compare_runs", "differences", "runs", "summary"]
 
@@ -100,6 +102,10 @@ def compare_runs(frame: pd.DataFrame, group_by: Sequence[str] | None = None, met
     if not 0 < confidence < 1:
         raise KbkError(f"--confidence {confidence} must be between 0 and 1 (e.g. 0.95)")
     keys = _group_by(frame, group_by)
+    if group_by is None and len(keys) > MAX_AUTO_GROUP_KEYS:
+        raise KbkError(f"the selected runs differ in {len(keys)} params ({', '.join(keys[:8])}"
+                       f"{', ...' if len(keys) > 8 else ''}): choose with --group-by, or select comparable runs "
+                       f"with --sweep, --parent or --filter")
     try:
         spec = stats.parse_group_spec(baseline) if baseline else {}
     except ValueError as e:
