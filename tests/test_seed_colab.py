@@ -126,3 +126,12 @@ def test_the_seeds_unscaled_moe_refuses_top2_before_any_work():
     settings = OmegaConf.to_object(compose_kbk(["experiment=seed_colab", "model.top_k=2"]))
     with pytest.raises(ConfigError, match=r"^model.top_k=2 is not allowed with model.moe_scale_by_router=false"):
         validate(settings)
+
+
+@pytest.mark.parametrize("data, max_vocab", [("synthetic", None), ("kjv", 8000)])
+def test_seed_colab_runs_on_other_data_with_that_datas_vocabulary(data, max_vocab):
+    """The seed's vocabulary lives in data=wikitext2, not in the preset: `experiment=seed_colab data=...` compares
+    with kbk's defaults on the same tokens (and data=synthetic, which has no word vocabulary, still composes)."""
+    settings = OmegaConf.to_object(compose_kbk(["experiment=seed_colab", f"data={data}"]))
+    validate(settings)
+    assert settings.data.max_vocab == max_vocab and settings.model.bk_grad == "seed_blend"
