@@ -131,7 +131,7 @@ def test_text_data_without_a_path_composes_but_cannot_pass_unnoticed():
 def test_wikitext2_settings_validate_with_a_local_copy(tmp_path):
     settings, _ = settings_for(["data=wikitext2", f"data.path={tmp_path}"])
     assert settings.data.source == "wikitext2" and settings.data.path == str(tmp_path)
-    assert (settings.data.tokenizer, settings.data.max_vocab) == ("word", 30_000)  # the seed's protocol
+    assert (settings.data.tokenizer, settings.data.max_vocab, settings.data.eos) == ("word", 29_999, False)  # seed's
 
 
 def sweep_values(key: str, value: str) -> list:
