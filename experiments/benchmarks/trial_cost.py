@@ -1,0 +1,361 @@
+"""What a short trial costs besides the language model's training step: Koopman learning, evaluation, start-up.
+
+    python experiments/benchmarks/trial_cost.py                      # writes trial_cost_results.md (~15 minutes)
+    python experiments/benchmarks/trial_cost.py --quick              # smoke run: few rounds, short runs
+    python experiments/benchmarks/trial_cost.py --before /tmp/before # also time a checkout of older code
+
+Sizes (batch 32, synthetic data): `tiny` (d_model 64, 2 layers, n_seq 64, vocab 256), `small` (d_model 64,
+4 layers, n_seq 128, vocab 256) and the seed's size (`small` with vocab 30,000).
+
+1. Step time of `HybridTrainer.train_step` with Koopman off (`koopman=off`), companions built but not learning
+   (the warm-up phase), and learning on, at koopman_dim 64 and 256; at `tiny` and `small`, koopman_dim 256, also
+   with the settings that trade what is computed for speed (`koopman.sample_tokens`, `dmd.update_interval`).
+   Interleaved rounds in random order on one fixed batch; medians, minima and ratios from the same run.
+2. What those settings do to the Koopman-mode gap (`val/ppl_koopman / val/ppl − 1`): the same `tiny` training
+   run (default config, seed 0, `--gap-steps` steps) with each setting.
+3. Evaluation per call at each size (koopman_dim 256): the standard pass, the Koopman-mode pass and the
+   diagnostics that make up a periodic evaluation, and the final layer-wise passes (subset and full set).
+4. Start-up: seconds from the command (`python -m kbk.run`, one training step) to the end of the first
+   training step, with MLflow on a store that already exists (a warm machine) and with tracking off.
+5. A default run (`python -m kbk.run`, MLflow on), end to end: the share of its wall time outside training
+   steps; and a `koopman_dim_grid` sweep at `model=tiny` (`tracking=none`, 1 epoch per trial).
+
+With `--before PATH` (a checkout of older code, e.g. `git worktree add /tmp/before <commit>`), sections 4 and 5
+run both trees, alternating, and report both. The machine is shared and noisy: read the ratios, each measured
+side by side in one run; minima are the least disturbed estimates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bk_core import time_interleaved  # noqa: E402  (the shared interleaved timer)
+
+from kbk import build  # noqa: E402
+from kbk.paths import CONF_DIR, PROJECT_ROOT  # noqa: E402
+from kbk.training.schedules import KoopmanWeightSchedule  # noqa: E402
+from kbk.training.trainer import HybridTrainer  # noqa: E402
+
+SIZES = {
+    "tiny": ["model=tiny"],
+    "small": ["model=small"],
+    "seed size": ["model=small", "data.vocab_size=30000", "data.n_train_tokens=200000", "data.n_val_tokens=30000"],
+}
+# Settings that change what is computed, each measured for speed (section 1) and for the gap (section 2).
+SPEED_SETTINGS = {
+    "sample_tokens=128": ["koopman.sample_tokens=128"],
+    "dmd.update_interval=4": ["dmd.update_interval=4"],
+    "both": ["koopman.sample_tokens=128", "dmd.update_interval=4"],
+}
+# Runs the first training step of `python -m kbk.run ARGS` and prints when it ended, counted from the process start.
+FIRST_STEP_PROBE = """
+import os, sys, time
+from pathlib import Path
+import kbk.training.trainer as trainer
+def since_start():
+    ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    return float(Path("/proc/uptime").read_text().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+step = trainer.HybridTrainer.train_step
+def probed(self, *args, **kwargs):
+    out = step(self, *args, **kwargs)
+    print(f"FIRST_STEP_DONE {since_start():.3f}", file=sys.stderr, flush=True)
+    os._exit(0)
+trainer.HybridTrainer.train_step = probed
+sys.argv = ["kbk.run", *sys.argv[1:]]
+from kbk.run import main
+main()
+"""
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import kbk.run  # noqa: F401  (registers the schema and resolvers, as the entrypoint does)
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides=[*overrides, "tracking=none"])
+
+
+def trainer_for(overrides: list[str], floor: bool = False) -> HybridTrainer:
+    """The trainer `python -m kbk.run OVERRIDES` would train, built quietly (no phase lines)."""
+    from kbk.run import settings_of
+    from kbk.training.checkpoint import seed_everything
+
+    settings = settings_of(compose(overrides))
+    seed_everything(settings.seed)
+    with contextlib.redirect_stdout(io.StringIO()):
+        data = build.corpus(settings)
+        train, val = build.batches(settings, data)
+        model = build.model(settings, data.vocab_size)
+    options = build.trainer_options(settings)
+    total = min(len(train) * options.epochs, options.max_steps or 1 << 62)
+    return HybridTrainer(model, train, val, options, build.schedule(settings, total),
+                         loss_floor=data.loss_floor(settings.model.n_seq) if floor else None)
+
+
+def step_of(overrides: list[str], learning: bool):
+    """One optimiser step on a fixed batch, Koopman learning on from step 0 or never (companions idle)."""
+    trainer = trainer_for(overrides)
+    trainer.schedule = KoopmanWeightSchedule("constant", 0.0, 0.1, warmup=0 if learning else 10**9, total=10**9,
+                                             unit="step")
+    x, y = next(iter(trainer.train_batches.epoch(0)))
+    return lambda: trainer.train_step(x, y)
+
+
+def step_times(rounds: int) -> list[tuple[str, str, float, float, float, float]]:
+    """(size, configuration, median ms, min ms, median ratio to off, min ratio to off), interleaved per size."""
+    rows = []
+    for size, base in SIZES.items():
+        steps = {"Koopman off": step_of([*base, "koopman=off"], learning=False)}
+        dims = (64, 256)
+        for dim in dims:
+            k = [*base, f"koopman.dim={dim}"]
+            steps[f"k={dim} companions, learning off"] = step_of(k, learning=False)
+            steps[f"k={dim} learning on (default)"] = step_of(k, learning=True)
+            if dim == 256 and size != "seed size":
+                for name, extra in SPEED_SETTINGS.items():
+                    steps[f"k={dim} learning on, {name}"] = step_of([*k, *extra], learning=True)
+        times = time_interleaved(steps, dict.fromkeys(steps, rounds))
+        off_med, off_min = times["Koopman off"]
+        for name, (med, mn) in times.items():
+            rows.append((size, name, med, mn, med / off_med, mn / off_min))
+        print(f"step times, {size}: done", flush=True)
+    return rows
+
+
+def gap_runs(steps: int) -> list[tuple[str, float, float, float, float]]:
+    """(setting, val/ppl, val/ppl_koopman, gap, train ms per step) after `steps` steps of `tiny` (default config)."""
+    rows = []
+    for name, extra in {"default": [], **SPEED_SETTINGS}.items():
+        trainer = trainer_for([f"trainer.max_steps={steps}", f"trainer.eval_every={steps}",
+                               "trainer.layerwise_eval=false", *extra])
+        summary = trainer.fit()
+        ppl, k_ppl = summary["val/ppl"], summary["val/ppl_koopman"]
+        rows.append((name, ppl, k_ppl, k_ppl / ppl - 1, 1000 * summary["train_seconds"] / summary["steps"]))
+        print(f"gap run {name}: done", flush=True)
+    return rows
+
+
+def timed(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def evaluation_costs(calls: int) -> list[dict]:
+    """Seconds per call of each part of an evaluation at each size (koopman_dim 256), the minimum over `calls`."""
+    rows = []
+    for size, base in SIZES.items():
+        trainer = trainer_for(base)
+        x, y = next(iter(trainer.train_batches.epoch(0)))
+        trainer.schedule = KoopmanWeightSchedule("constant", 0.0, 0.1, warmup=0, total=10**9, unit="step")
+        for _ in range(3):  # some DMD data and a moved operator, as in a real evaluation
+            trainer.train_step(x, y)
+        parts = {
+            "standard pass": lambda t=trainer: t.evaluate("standard"),
+            "Koopman-mode pass": lambda t=trainer: t.evaluate("koopman"),
+            "diagnostics": trainer.koopman_diagnostics,
+            "periodic evaluation (all three)": trainer.evaluation_metrics,
+            "layer-wise, first 8,192 tokens (default)": trainer.layerwise_metrics,
+        }
+        row = {"size": size, "val_tokens": trainer.val_batches.tokens_per_epoch,
+               "layers": len(trainer.model.blocks)}
+        for name, fn in parts.items():
+            row[name] = min(timed(fn)[0] for _ in range(calls))
+        trainer.options.layerwise_tokens = None
+        row["layer-wise, whole validation set"] = timed(trainer.layerwise_metrics)[0]
+        row["step_s"] = min(timed(lambda t=trainer, x=x, y=y: t.train_step(x, y))[0] for _ in range(3))
+        rows.append(row)
+        print(f"evaluation costs, {size}: done", flush=True)
+    return rows
+
+
+def kbk_env(outputs: Path, threads: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KBK_"))}
+    env.update({"KBK_OUTPUTS": str(outputs), "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
+                "HF_HUB_OFFLINE": "1"})
+    return env
+
+
+def first_step_seconds(tree: Path, args: list[str], outputs: Path, threads: int) -> float:
+    proc = subprocess.run([sys.executable, "-c", FIRST_STEP_PROBE, *args], cwd=tree, env=kbk_env(outputs, threads),
+                          capture_output=True, text=True, timeout=600)
+    marks = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("FIRST_STEP_DONE")]
+    if not marks:
+        raise RuntimeError(f"no first step in {tree}: {proc.stderr[-2000:]}")
+    return float(marks[0])
+
+
+def startup_times(trees: dict[str, Path], repeats: int, threads: int, work: Path) -> dict[tuple[str, str], list]:
+    """Seconds from the command to the end of the first training step, per (tree, tracking), interleaved."""
+    cases = {"MLflow on, store exists": ["trainer.max_steps=1"], "tracking=none": ["trainer.max_steps=1",
+                                                                                 "tracking=none"]}
+    times: dict[tuple[str, str], list] = {}
+    for tree_name, tree in trees.items():  # a first run per tree creates its MLflow store: the machine is warm after
+        subprocess.run([sys.executable, "-m", "kbk.run", "trainer.max_steps=1", "trainer.layerwise_eval=false"],
+                       cwd=tree, env=kbk_env(work / tree_name, threads), capture_output=True, timeout=600, check=True)
+    for _ in range(repeats):
+        for tree_name, tree in trees.items():
+            for case, args in cases.items():
+                times.setdefault((tree_name, case), []).append(
+                    first_step_seconds(tree, args, work / tree_name, threads))
+    print("start-up: done", flush=True)
+    return times
+
+
+def default_run(tree: Path, args: list[str], outputs: Path, threads: int) -> dict[str, float]:
+    """Wall time of `python -m kbk.run ARGS` and the training-step seconds it reports (summed over its runs)."""
+    before = set(outputs.glob("**/summary.json"))
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "kbk.run", *args], cwd=tree, env=kbk_env(outputs, threads),
+                   capture_output=True, text=True, timeout=3600, check=True)
+    wall = time.perf_counter() - t0
+    summaries = [json.loads(p.read_text()) for p in set(outputs.glob("**/summary.json")) - before]
+    train = sum(s["train_seconds"] for s in summaries)
+    return {"wall_s": wall, "train_s": train, "outside": 1 - train / wall, "runs": len(summaries)}
+
+
+def whole_runs(trees: dict[str, Path], threads: int, work: Path, quick: bool) -> list[tuple[str, str, dict]]:
+    epochs = ["trainer.epochs=1"] if quick else []
+    cases = {
+        "default run (`python -m kbk.run`)": epochs,
+        "koopman_dim_grid sweep, model=tiny, 1 epoch, tracking=none": [
+            "-m", "hparams_search=koopman_dim_grid", "model=tiny", "tracking=none", "trainer.epochs=1"],
+    }
+    rows = []
+    for case, args in cases.items():
+        for tree_name, tree in trees.items():
+            rows.append((case, tree_name, default_run(tree, args, work / f"{tree_name}-runs-{len(rows)}", threads)))
+            print(f"{case} ({tree_name}): {rows[-1][2]['wall_s']:.1f} s", flush=True)
+    return rows
+
+
+def report(args, load: float, steps, gaps, evals, startup, runs) -> list[str]:
+    lines = [
+        "# Trial cost: Koopman learning, evaluation, start-up (CPU)",
+        "",
+        f"- Command: `{' '.join(['python experiments/benchmarks/trial_cost.py', *args.argv])}`",
+        f"- Date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}; torch {torch.__version__}, "
+        f"{args.threads} torch thread(s) in-process and OMP_NUM_THREADS={args.threads} in subprocesses, "
+        f"{platform.machine()}, {os.cpu_count()} CPUs, load average before: {load:.2f} (a shared machine: read the "
+        "ratios, measured side by side in one run)",
+        "- Targets (issue 11): Koopman learning ≤ +15% at koopman_dim 64 and ≤ +40% at 256 (tiny, small); evaluation "
+        "≤ 10% of a default run's wall time; first training step ≤ 3 s after the command on a warm machine.",
+        "",
+        f"## 1. Training step, batch 32 ({args.rounds} interleaved rounds)",
+        "",
+        "| size | configuration | median (min) ms | vs Koopman off, medians | vs off, minima |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for size, name, med, mn, r_med, r_min in steps:
+        lines.append(f"| {size} | {name} | {med:.1f} ({mn:.1f}) | {100 * (r_med - 1):+.0f}% | "
+                     f"{100 * (r_min - 1):+.0f}% |")
+    lines += [
+        "",
+        f"## 2. What the speed settings cost in Koopman-mode quality (`tiny`, koopman_dim 256, {args.gap_steps} steps)",
+        "",
+        "| setting | val/ppl | val/ppl_koopman | Koopman-mode gap | train ms/step (this run) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, ppl, k_ppl, gap, ms in gaps:
+        lines.append(f"| {name} | {ppl:.2f} | {k_ppl:.2f} | {100 * gap:+.1f}% | {ms:.1f} |")
+    lines += [
+        "",
+        "## 3. Evaluation per call (koopman_dim 256; minimum of "
+        f"{args.eval_calls} calls)",
+        "",
+        "| size | validation tokens | standard pass s | Koopman-mode pass s | diagnostics s | periodic evaluation s "
+        "| layer-wise, first 8,192 tokens s | layer-wise, all tokens s | periodic evaluation / 100 training steps |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in evals:
+        per_100 = r["periodic evaluation (all three)"] / (100 * r["step_s"])
+        lines.append(
+            f"| {r['size']} | {r['val_tokens']:,} | {r['standard pass']:.3f} | {r['Koopman-mode pass']:.3f} | "
+            f"{r['diagnostics']:.3f} | {r['periodic evaluation (all three)']:.3f} | "
+            f"{r['layer-wise, first 8,192 tokens (default)']:.3f} | {r['layer-wise, whole validation set']:.3f} | "
+            f"{100 * per_100:.1f}% |")
+    lines += [
+        "",
+        "A periodic evaluation (every `trainer.eval_every` = 100 steps by default) is a standard and a Koopman-mode "
+        "pass over the whole validation set plus per-layer diagnostics on its first 512 tokens; the last column "
+        "divides it by 100 training steps at that size. The final evaluation adds the layer-wise passes (one "
+        "standard pass plus, per layer, the Koopman-only and skip-only passes from that layer on) on the first "
+        "`trainer.layerwise_tokens` = 8,192 validation tokens.",
+        "",
+        f"## 4. Start-up: command to the end of the first training step ({args.startup_repeats} interleaved runs)",
+        "",
+        "| code | tracking | median s | min s |",
+        "|---|---|---:|---:|",
+    ]
+    for (tree, case), values in startup.items():
+        lines.append(f"| {tree} | {case} | {statistics.median(values):.2f} | {min(values):.2f} |")
+    lines += [
+        "",
+        "## 5. Whole runs: wall time outside training steps",
+        "",
+        "| run | code | wall s | in training steps s | outside training steps |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for case, tree, r in runs:
+        lines.append(f"| {case} | {tree} | {r['wall_s']:.1f} | {r['train_s']:.1f} | {100 * r['outside']:.0f}% |")
+    lines += [
+        "",
+        "Outside training steps: start-up, evaluation, checkpoints, MLflow logging and artifacts, the end of the "
+        "process. Training steps: `train_seconds` from each run's `summary.json`.",
+    ]
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="few rounds and short runs (a smoke test)")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds of step timing")
+    parser.add_argument("--gap-steps", type=int, default=400, help="training steps of each gap run")
+    parser.add_argument("--eval-calls", type=int, default=2)
+    parser.add_argument("--startup-repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the steadiest on shared cores)")
+    parser.add_argument("--before", type=Path, default=None, help="a checkout of older code to time beside this one")
+    parser.add_argument("--skip-runs", action="store_true", help="leave out sections 4 and 5 (subprocess runs)")
+    parser.add_argument("--output", type=Path, default=Path(__file__).with_name("trial_cost_results.md"))
+    args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    if args.quick:
+        args.rounds, args.gap_steps, args.eval_calls, args.startup_repeats = 3, 30, 1, 1
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]
+    trees = {"this code": PROJECT_ROOT}
+    if args.before is not None:
+        trees = {"before": args.before.resolve(), **trees}
+    steps = step_times(args.rounds)
+    gaps = gap_runs(args.gap_steps)
+    evals = evaluation_costs(args.eval_calls)
+    startup, runs = {}, []
+    if not args.skip_runs:
+        with tempfile.TemporaryDirectory(prefix="kbk-trial-cost-") as work:
+            startup = startup_times(trees, args.startup_repeats, args.threads, Path(work))
+            runs = whole_runs(trees, args.threads, Path(work), args.quick)
+    lines = report(args, load, steps, gaps, evals, startup, runs)
+    args.output.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
