@@ -69,7 +69,7 @@ def koopman_options(cfg: KbkConfig) -> KoopmanOptions | None:
         dim=k.dim, operator_update=as_plain(k.operator_update), init=k.init, init_scale=k.init_scale,
         detach_backbone=k.detach_backbone, detach_targets=k.detach_targets, linear_weight=k.linear_weight,
         linear_loss=k.linear_loss, recon_weight=k.recon_weight, pred_weight=k.pred_weight,
-        sample_tokens=k.sample_tokens, dmd=dmd,
+        sample_tokens=k.sample_tokens, terms_interval=k.terms_interval, dmd=dmd,
     )
 
 

@@ -69,6 +69,7 @@ class KoopmanConfig:
     recon_weight: float = 1.0
     pred_weight: float = 1.0
     sample_tokens: int | None = 256
+    terms_interval: int = 1  # the Koopman terms on every n-th step only (DMD still gets pairs every step)
 
 
 @dataclass
@@ -197,6 +198,7 @@ RULES: list[tuple[str, Any, str]] = [
     ("koopman.init", lambda v: v in ("identity_noise", "orthogonal"), "one of identity_noise, orthogonal"),
     ("koopman.init_scale", lambda v: v >= 0, "a number >= 0"),
     ("koopman.sample_tokens", lambda v: v is None or v > 0, "an integer > 0, or null for all tokens"),
+    ("koopman.terms_interval", lambda v: v > 0, "an integer > 0 (1: the Koopman terms on every step)"),
     ("koopman.linear_weight", lambda v: v >= 0, "a number >= 0"),
     ("koopman.linear_loss", lambda v: v in ("mse", "huber"), "one of mse, huber"),
     ("koopman.recon_weight", lambda v: v >= 0, "a number >= 0"),

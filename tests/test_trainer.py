@@ -207,3 +207,19 @@ def test_layerwise_metrics_on_a_token_subset_equal_full_passes_over_those_window
     assert got["koopman/layerwise_val_ppl"] == pytest.approx(standard, rel=1e-6)
     trainer.options.layerwise_tokens = None  # the whole validation set: 8 windows
     assert trainer.layerwise_metrics()["koopman/layerwise_tokens"] == 8 * 16
+
+
+def test_terms_interval_computes_the_koopman_loss_every_nth_step_and_feeds_dmd_every_step():
+    trainer = make_trainer(max_steps=9)
+    trainer.model.koopman_options.terms_interval = 2
+    steps = []
+    for x, y in trainer.train_batches.epoch(0):
+        steps.append(trainer.train_step(x, y))
+        trainer.step += 1
+        if trainer.step == 9:
+            break
+    # Koopman learning is on from step 3: the loss on even steps only (4, 6, 8), DMD's pairs on every step from 3.
+    assert [s["train/loss_koopman"] > 0 for s in steps[3:]] == [False, True, False, True, False, True]
+    assert all(s["train/koopman_weight"] == 0.0 for s in steps[3::2])
+    assert all("perf/dmd_ms" in s for s in steps[3:])
+    assert all(int(d.dmd.n_seen) == 6 * 20 for d in trainer.model.koopman_dynamics())  # 20 sampled tokens a step

@@ -9,7 +9,8 @@ Sizes (batch 32, synthetic data): `tiny` (d_model 64, 2 layers, n_seq 64, vocab 
 
 1. Step time of `HybridTrainer.train_step` with Koopman off (`koopman=off`), companions built but not learning
    (the warm-up phase), and learning on, at koopman_dim 64 and 256; at `tiny` and `small`, koopman_dim 256, also
-   with the settings that trade what is computed for speed (`koopman.sample_tokens`, `dmd.update_interval`).
+   with the settings that trade what is computed for speed (`koopman.sample_tokens`, `dmd.update_interval`,
+   `koopman.terms_interval`).
    Interleaved rounds in random order on one fixed batch; medians, minima and ratios from the same run.
 2. What those settings do to the Koopman-mode gap (`val/ppl_koopman / val/ppl − 1`): the same `tiny` training
    run (default config, seed 0, `--gap-steps` steps) with each setting.
@@ -60,7 +61,8 @@ SIZES = {
 SPEED_SETTINGS = {
     "sample_tokens=128": ["koopman.sample_tokens=128"],
     "dmd.update_interval=4": ["dmd.update_interval=4"],
-    "both": ["koopman.sample_tokens=128", "dmd.update_interval=4"],
+    "terms_interval=2": ["koopman.terms_interval=2"],
+    "terms_interval=2, dmd.update_interval=2": ["koopman.terms_interval=2", "dmd.update_interval=2"],
 }
 # Runs the first training step of `python -m kbk.run ARGS` and prints when it ended, counted from the process start.
 FIRST_STEP_PROBE = """
@@ -187,7 +189,8 @@ def evaluation_costs(calls: int) -> list[dict]:
 
 
 def kbk_env(outputs: Path, threads: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KBK_"))}
+    # No MLflow/kbk variables of the caller, and no PYTHONPATH: each tree runs its own kbk (the subprocess's cwd).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KBK_")) and k != "PYTHONPATH"}
     env.update({"KBK_OUTPUTS": str(outputs), "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
                 "HF_HUB_OFFLINE": "1"})
     return env

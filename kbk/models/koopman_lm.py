@@ -53,6 +53,10 @@ class KoopmanOptions:
     recon_weight: float = 1.0
     pred_weight: float = 1.0
     sample_tokens: int | None = 256  # tokens per step for the Koopman terms; None = all
+    # The Koopman terms (and their backward) on every n-th training step only; the steps between still lift the
+    # sampled pairs for DMD (forward only). 1 = every step. Trades the Koopman-mode gap for speed: measured in
+    # experiments/benchmarks/trial_cost_results.md.
+    terms_interval: int = 1
     dmd: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -66,6 +70,8 @@ class KoopmanOptions:
             raise ValueError(f"linear_loss must be one of {tuple(LINEAR_LOSSES)}, got {self.linear_loss!r}")
         if self.sample_tokens is not None and self.sample_tokens <= 0:
             raise ValueError(f"sample_tokens must be > 0 or None (all tokens), got {self.sample_tokens}")
+        if self.terms_interval < 1:
+            raise ValueError(f"terms_interval must be >= 1, got {self.terms_interval}")
 
 
 def initial_operator(k: int, init: str, scale: float) -> torch.Tensor:
@@ -100,6 +106,11 @@ class KoopmanDynamics(nn.Module):
         """Koopman mode's replacement for the block's increment f(u)."""
         return self.unlift(self.advance(self.lift(u))) - u
 
+    @torch.no_grad()
+    def pairs(self, u: torch.Tensor, delta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Only the lifted pairs `z = φ(u)`, `z⁺ = φ(u + Δ)` of sampled rows: DMD's data on a step without terms."""
+        return {"z": self.lift(u), "z_next": self.lift(u + delta)}
+
     def terms(self, u: torch.Tensor, delta: torch.Tensor) -> dict[str, torch.Tensor]:
         """The training terms on (already sampled) rows u (M, d) and increments delta (M, d)."""
         opts = self.options
@@ -130,7 +141,7 @@ class ResNetBKBlock(nn.Module):
         self.koopman = KoopmanDynamics(d_model, koopman) if koopman is not None else None
 
     def forward(
-        self, x: torch.Tensor, mode: str = "standard", sample: torch.Tensor | None = None
+        self, x: torch.Tensor, mode: str = "standard", sample: torch.Tensor | None = None, pairs_only: bool = False
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         if mode == "skip":
             return x, None
@@ -143,7 +154,8 @@ class ResNetBKBlock(nn.Module):
         terms = None
         if sample is not None and self.koopman is not None:
             flat_u, flat_delta = u.reshape(-1, u.shape[-1]), delta.reshape(-1, delta.shape[-1])
-            terms = self.koopman.terms(flat_u[sample], flat_delta[sample])
+            rows = flat_u[sample], flat_delta[sample]
+            terms = self.koopman.pairs(*rows) if pairs_only else self.koopman.terms(*rows)
         return x + delta, terms
 
 
@@ -192,8 +204,10 @@ class KoopmanResNetBKLM(nn.Module):
         idx: torch.Tensor,
         modes: str | list[str] = "standard",
         koopman_terms: bool = False,
+        pairs_only: bool = False,
     ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
-        """Logits (B, N, vocab) and, with `koopman_terms`, each block's Koopman training terms.
+        """Logits (B, N, vocab) and, with `koopman_terms`, each block's Koopman training terms (with `pairs_only`,
+        only its lifted pairs `z`, `z_next`, without gradient).
 
         `modes` is one of "standard" | "koopman" | "skip" for every block, or a list with one per block.
         """
@@ -209,7 +223,7 @@ class KoopmanResNetBKLM(nn.Module):
             )
         terms = []
         for block, mode in zip(self.blocks, modes, strict=True):
-            x, t = block(x, mode=mode, sample=sample)
+            x, t = block(x, mode=mode, sample=sample, pairs_only=pairs_only)
             if t is not None:
                 terms.append(t)
         return self.head(x), terms

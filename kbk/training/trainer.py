@@ -125,10 +125,11 @@ class HybridTrainer:
         # layer); the same arithmetic as the per-parameter loop, bit for bit (tests/test_pinned_results.py).
         return torch.optim.AdamW(groups, lr=self.options.lr, foreach=True)
 
-    def _forward(self, inputs: torch.Tensor, modes: str | list[str] = "standard", koopman_terms: bool = False):
+    def _forward(self, inputs: torch.Tensor, modes: str | list[str] = "standard", koopman_terms: bool = False,
+                 pairs_only: bool = False):
         """Logits and Koopman terms; a model without Koopman parts (the Transformer baseline) gives no terms."""
         if isinstance(self.model, KoopmanResNetBKLM):
-            return self.model(inputs, modes=modes, koopman_terms=koopman_terms)
+            return self.model(inputs, modes=modes, koopman_terms=koopman_terms, pairs_only=pairs_only)
         return self.model(inputs), []
 
     @property
@@ -151,8 +152,10 @@ class HybridTrainer:
         t0 = time.perf_counter()
         progress = self.progress()
         collect = self.koopman_enabled and self.schedule.active(progress)
-        weight = self.schedule.weight(progress) if collect else 0.0
-        logits, terms = self._forward(inputs, koopman_terms=collect)
+        # koopman.terms_interval: the Koopman loss on every n-th step; the steps between only feed DMD its pairs.
+        full = collect and self.step % self.model.koopman_options.terms_interval == 0
+        weight = self.schedule.weight(progress) if full else 0.0
+        logits, terms = self._forward(inputs, koopman_terms=collect, pairs_only=collect and not full)
         loss_lm = lm_loss(logits, targets)
         metrics: dict[str, float] = {"train/loss_lm": loss_lm.item()}
         if not torch.isfinite(loss_lm):
@@ -167,7 +170,7 @@ class HybridTrainer:
             return metrics
         self.nan_streak = 0
         loss_total = loss_lm
-        if collect and terms:
+        if full and terms:
             loss_k = torch.stack([t["total"] for t in terms]).mean()
             if not torch.isfinite(loss_k):
                 self.koopman_enabled = False
