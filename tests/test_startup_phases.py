@@ -1,0 +1,24 @@
+"""Start-up phases: a run says what it is doing before its first step, as each phase finishes (issue 11)."""
+
+from __future__ import annotations
+
+import re
+
+from tests.conftest import TINY
+
+PHASE = re.compile(r"^\[kbk\] start-up +(\d+\.\d) s: (.*)$")
+
+
+def test_a_run_prints_its_start_up_phases_in_order_with_rising_times(tmp_path, kbk_cli):
+    result = kbk_cli([*TINY, f"paths.outputs={tmp_path / 'outputs'}", "tracking=none"])
+    assert result.returncode == 0, result
+    phases = [m.groups() for m in map(PHASE.match, result.stdout.splitlines()) if m]
+    assert [text.split(" ")[0] for _, text in phases] == ["data", "model", "ready"], result.stdout[-3000:]
+    assert phases[0][1].startswith("data synthetic: ") and "validation tokens" in phases[0][1]
+    assert re.fullmatch(r"model resnet_bk: [\d,]+ parameters", phases[1][1])
+    seconds = [float(s) for s, _ in phases]
+    assert 0 < seconds[0] <= seconds[1] <= seconds[2]  # counted from the command, so the imports are in it
+    # ... and all of it before the first evaluation line
+    lines = result.stdout.splitlines()
+    assert max(i for i, line in enumerate(lines) if PHASE.match(line)) < min(
+        i for i, line in enumerate(lines) if line.startswith("[kbk] step "))
