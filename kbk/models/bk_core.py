@@ -5,7 +5,7 @@ shift ``z`` with ``Im z > 0``, the BK-Core returns ``G_ii = [(H - zI)^{-1}]_ii``
 (``resolvent_diagonal``), or the causal variant ``[(H[:i+1, :i+1] - zI)^{-1}]_ii`` = ``left[i]`` below
 (``causal_resolvent_diagonal``), which depends on positions <= i only.
 
-Maths (KOOPMAN.md, "BK-Core: exact and O(N)"). Write ``T = H - zI`` with diagonal ``a_i = diag_i - z`` and let
+Maths (docs/bk-core.md). Write ``T = H - zI`` with diagonal ``a_i = diag_i - z`` and let
 ``θ_i`` be its leading principal minors and ``φ_i`` its trailing ones. They grow exponentially with N, so only
 their ratios are ever formed (0-based indices from here on):
 
