@@ -28,7 +28,7 @@ EXTRA = {
     ("data", "text"): ["data.path=/any/corpus.txt"],  # data=text has no default path
     ("model", "transformer"): ["koopman=off"],  # the Transformer baseline has no Koopman parts
 }
-#: DESIGN.md's table: the choices each group must offer ("at least").
+#: README.md's config-group table: the choices each group must offer ("at least").
 REQUIRED = {
     "model": {"tiny", "small", "base"},
     "koopman": {"default", "off"},
