@@ -609,7 +609,7 @@ PARALLEL_CHILD = textwrap.dedent(
 
 @pytest.mark.slow  # four processes importing MLflow: 5-20 s on a shared 2-core machine
 def test_parallel_first_use_of_a_fresh_sqlite_store(tmp_path: Path):
-    """The SQLite first-use race (SWEEPS.md): workers starting together on a new database all succeed (without
+    """The SQLite first-use race (docs/sweeps.md): workers starting together on a new database all succeed (without
     the init lock in `store.prepared_store`, most of them fail with alembic / duplicate-column errors)."""
     from mlflow import MlflowClient
 
