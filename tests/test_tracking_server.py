@@ -110,7 +110,7 @@ def test_postgres_fixture_accepts_connections():
 
 
 def test_tracking_server_on_a_postgresql_backend(tmp_path: Path):
-    """The cluster setup of SWEEPS.md: many writers go through one `mlflow server` backed by PostgreSQL."""
+    """The cluster setup of docs/sweeps.md: many writers go through one `mlflow server` backed by PostgreSQL."""
     from mlflow import MlflowClient
 
     pytest.importorskip("psycopg2", reason="MLflow needs psycopg2 for a postgresql:// backend")
