@@ -10,7 +10,7 @@ size on synthetic data: same TPE seed, same search space, same budget of finishe
 included), once with the preset's MedianPruner and once with `hydra.sweeper.pruner.name=none`.
 
 Compute is counted in optimiser steps actually trained (a pruned trial stops at the evaluation where it is
-pruned). The goal (DESIGN.md): pruning reaches a best val/ppl within 2% of the unpruned search's in at most 50% of
+pruned). The goal (docs/sweeps.md): pruning reaches a best val/ppl within 2% of the unpruned search's in at most 50% of
 its steps.
 
 Overhead per trial is everything but training and evaluation: a trial's wall time in the study (from `ask` to
