@@ -1,7 +1,7 @@
 """kbk's Optuna sweeper for Hydra, and the MLflow parent run of a plain Hydra multirun.
 
 Hydra discovers the sweeper through `hydra_plugins/kbk_sweeper`; select it with an `hparams_search` preset
-(`override /hydra/sweeper: kbk_optuna`). Why kbk has its own sweeper: `/work/shared/SWEEPS.md`.
+(`override /hydra/sweeper: kbk_optuna`). Why kbk has its own sweeper: `docs/sweeps.md`.
 
 Modules (each imports Optuna/MLflow only inside its functions, so `--cfg job` stays fast):
 
