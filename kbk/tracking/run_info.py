@@ -174,7 +174,7 @@ def run_tags(
     output_dir: str | Path | None = None,
     drop: Iterable[str] = PATH_LIKE_KEYS,
 ) -> dict[str, str]:
-    """The tags of DESIGN.md's tracking contract: `kbk.config_hash`, `kbk.git_commit`, `kbk.git_dirty`,
+    """The tags every run carries (docs/sweeps.md): `kbk.config_hash`, `kbk.git_commit`, `kbk.git_dirty`,
     `kbk.output_dir`, plus MLflow's own `mlflow.source.git.commit` (shown in its UI). Unknown values are
     left out.
     """
