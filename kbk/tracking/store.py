@@ -2,7 +2,7 @@
 
 `resolve_tracking_uri` is plain Python; MLflow is imported only inside the functions that talk to a store.
 
-Traps this module exists for (SWEEPS.md, "MLflow facts"): MLflow's own default (`sqlite:///mlflow.db`) is
+Traps this module exists for (docs/sweeps.md, "MLflow"): MLflow's own default (`sqlite:///mlflow.db`) is
 relative to the current folder, so runs launched from different folders would land in different databases; the
 first use of a fresh SQLite database creates its schema without a lock, so parallel workers starting on a new
 file fail; and a client pointed at a dead server retries for minutes before it says anything.
