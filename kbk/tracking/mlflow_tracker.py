@@ -4,7 +4,7 @@ Built on `MlflowClient` only, never on MLflow's fluent API (`mlflow.start_run`, 
 keeps one global "active run" per process: with the client, a sweep's parent run and a trial's run can be open
 in the same process, and a child run made in another process is nested through the `mlflow.parentRunId` tag.
 
-Decisions (the traps are in SWEEPS.md, "MLflow facts"):
+Decisions (the traps are in docs/sweeps.md, "MLflow"):
 
 - Metrics are buffered and written with `log_batch` (at most 1,000 per call) on `flush()`, on `end()`, when
   the buffer holds `max_buffered` values, and at the first `log_metrics` after `flush_interval_s` (so a live
