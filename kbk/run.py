@@ -165,9 +165,16 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
 def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
     import contextlib
 
+    with contextlib.ExitStack() as cleanup:  # releases the checkpoint folder's lock however the run ends
+        return run_locked(cfg, output_dir, sweep, cleanup)
+
+
+def run_locked(cfg: DictConfig, output_dir: Path, sweep: bool, cleanup) -> Any:
+    import contextlib
+
     from kbk import build, console
     from kbk.tracking.run_info import config_hash
-    from kbk.training.checkpoint import seed_everything
+    from kbk.training.checkpoint import CheckpointFolderLock, remove_partial_checkpoints, seed_everything
     from kbk.training.trainer import HybridTrainer
 
     # Everything that can be wrong with the input fails here, before a run exists anywhere.
@@ -184,6 +191,9 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
         options = build.trainer_options(settings)
         total_steps = min(len(train_batches) * options.epochs, options.max_steps or 1 << 62)
         run_dir = build.outputs_dir(settings.paths.outputs) / "checkpoints" / run_hash
+        cleanup.enter_context(CheckpointFolderLock(run_dir))  # one process per config at a time
+        remove_partial_checkpoints(run_dir)  # left by a process killed while writing one
+        left_running = read_json(run_dir / "run.json").get("run_id")
         trainer = HybridTrainer(
             model, train_batches, val_batches, options, build.schedule(settings, total_steps),
             checkpoint_path=run_dir / "last.pt", loss_floor=data.loss_floor(settings.model.n_seq),
@@ -193,8 +203,8 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
         if previous is not None:
             trainer.resume(previous["checkpoint"])
             console.say(f"resuming {previous['checkpoint']} at step {trainer.step}")
-        tracker = start_tracking(settings, cfg, output_dir, run_hash, build.parameter_counts(model), previous)
-        console.phase(f"ready to train, MLflow run {tracker.run_id}" if tracker is not None else "ready to train")
+        tracker = start_tracking(settings, cfg, output_dir, run_hash, build.parameter_counts(model), previous,
+                                 run_dir, left_running)
         console.phase(f"ready to train, MLflow run {tracker.run_id}" if tracker is not None else "ready to train")
     except KbkError:
         if not sweep:
@@ -208,7 +218,8 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
         trainer.tracker = NullTracker(report_hook=report_hook_from_env())
     else:
         trainer.tracker = tracker
-    write_json(run_dir / "run.json", {"run_id": getattr(tracker, "run_id", None), "output_dir": str(output_dir)})
+    if tracker is None:
+        write_run_info(run_dir, None, output_dir)
     with tracker if tracker is not None else contextlib.nullcontext():
         if tracker is not None:
             tracker.install_signal_handlers()
@@ -218,12 +229,26 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
                 catch_up(tracker, trainer.history)
                 trainer.tracker = SkipStored(tracker)
         summary = trainer.fit()
+        if tracker is not None:
+            tracker.defer_signals()  # training is done: a stop now waits for the artifacts and the FINISHED run
         summary["config_hash"] = run_hash
         write_json(output_dir / "summary.json", summary)
         if tracker is not None:
             log_artifacts(tracker, cfg, settings, trainer, output_dir, summary)
     console.print_summary(summary)
-    return objective(settings.optimized_metric, summary)
+    value = objective(settings.optimized_metric, summary)
+    if sweep:
+        from kbk.sweep.trial import record_result_from_env
+
+        record_result_from_env(value)  # a sweeper killed before its `tell` finds it: the point is not retrained
+    stopped = getattr(tracker, "deferred_signal", None)
+    if stopped is not None:
+        import signal
+
+        print(f"kbk: stopped by {signal.Signals(stopped).name} after training finished: the MLflow run ended FINISHED "
+              f"with its artifacts", file=sys.stderr, flush=True)
+        sys.exit(128 + stopped)
+    return value
 
 
 class SkipStored:
@@ -256,21 +281,25 @@ def resume_point(resume: Any, run_dir: Path) -> dict[str, Any] | None:
         return None
     if resume is True:
         checkpoint = run_dir / "last.pt"
-        if not checkpoint.is_file():
-            return None  # nothing to resume: start fresh (a sweep re-running a killed trial lands here)
+        if not checkpoint.is_file():  # a sweep re-running a killed trial lands here too
+            from kbk import console
+
+            console.say(f"trainer.resume=true: no checkpoint of this config in {run_dir}; training from the start")
+            return None
     else:
         checkpoint = Path(str(resume)).expanduser()
         if not checkpoint.is_file():
             raise CheckpointError(f"trainer.resume={resume}: no such checkpoint file; pass the path of a last.pt "
                                   f"that kbk wrote, or trainer.resume=true to find this config's own")
-    info_path = checkpoint.parent / "run.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    return {"checkpoint": checkpoint, **info}
+    return {"checkpoint": checkpoint, **read_json(checkpoint.parent / "run.json")}
 
 
 def start_tracking(settings, cfg: DictConfig, output_dir: Path, run_hash: str, counts: dict[str, Any],
-                   previous: dict[str, Any] | None):
-    """The MLflow run of this job (new, or the one being resumed), params logged; None with tracking=none."""
+                   previous: dict[str, Any] | None, run_dir: Path, left_running: str | None = None):
+    """The MLflow run of this job (new, or the one being resumed), params logged; None with tracking=none.
+    The run's id goes to `run_dir/run.json` as soon as the run exists.
+    `left_running`: the last run of this config (from its run.json); if it is still RUNNING, its process died
+    (the checkpoint folder's lock was free) and, unless it is the run being resumed, it is ended KILLED."""
     if settings.tracking.backend == "none":
         return None
     from kbk.paths import outputs_dir
@@ -282,6 +311,8 @@ def start_tracking(settings, cfg: DictConfig, output_dir: Path, run_hash: str, c
     uri = resolve_tracking_uri(settings.tracking.uri, outputs_dir(settings.paths.outputs))
     ensure_experiment(uri, settings.tracking.experiment)
     resumed_run = (previous or {}).get("run_id")
+    if left_running and left_running != resumed_run:
+        end_orphan_run(uri, left_running)
     params = flatten(OmegaConf.to_container(redacted(cfg, known_secrets(cfg)), resolve=True, enum_to_str=True))
     params.pop("trainer.resume", None)  # the one value that differs between a run and its resumption
     if resumed_run:
@@ -306,12 +337,33 @@ def start_tracking(settings, cfg: DictConfig, output_dir: Path, run_hash: str, c
         flush_interval_s=None,  # flush after each checkpoint only, so the store matches what a resume replays
         report_hook=report_hook_from_env(),  # a trial of kbk's sweeper reports val/ppl to Optuna (pruning)
     )
+    # At once: if this process is killed from here on, the next start of this config finds the run to end.
+    write_run_info(run_dir, tracker.run_id, output_dir)
     try:
         tracker.log_params(params)
     except KbkError as exc:
         tracker.end("FAILED", reason=str(exc))  # never leave the run RUNNING (nothing else would end it)
         raise
     return tracker
+
+
+def end_orphan_run(uri: str, run_id: str) -> None:
+    """End run `run_id` KILLED if it is still RUNNING: its process was killed (before its first checkpoint, or the
+    new run does not resume it), and nothing else would ever end it."""
+    from mlflow import MlflowClient
+
+    from kbk import console
+    from kbk.tracking.mlflow_tracker import END_REASON_TAG
+
+    client = MlflowClient(uri)
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return
+    except Exception:  # noqa: BLE001 (not in this store: tracking.uri changed since)
+        return
+    client.set_tag(run_id, END_REASON_TAG, "its process was killed; a later run of the same config did not resume it")
+    client.set_terminated(run_id, "KILLED")
+    console.say(f"MLflow run {run_id} of this config was left RUNNING by a killed process: ended KILLED")
 
 
 def refuse_foreign_run(uri: str, run_id: str, params: dict[str, str]) -> None:
@@ -367,6 +419,19 @@ def objective(metric: Any, summary: dict[str, Any]) -> float | list[float]:
                           f"{', '.join(sorted(k for k in summary if '/' in k)[:40])}")
     values = [float(summary[n]) for n in names]
     return values[0] if isinstance(metric, str) else values
+
+
+def write_run_info(run_dir: Path, run_id: str | None, output_dir: Path) -> None:
+    """`run.json` next to the checkpoints: the MLflow run that a resume continues (or that a later start ends)."""
+    write_json(run_dir / "run.json", {"run_id": run_id, "output_dir": str(output_dir)})
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file kbk wrote, {} if it is missing or unreadable (its writer was killed)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -374,3 +374,9 @@ def test_two_sweeper_processes_share_a_grid_without_duplicates(tmp_path):
     assert len(owners) == 2  # both processes ran trials
     parent, children = parent_and_children(mlflow_runs(out))
     assert len(children) == 6 and parent.info.status == "FINISHED"
+    # The summary is logged once, by the process that ended the parent: no metric twice at one step.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    logged = [(key, m.step) for key in parent.data.metrics for m in client.get_metric_history(parent.info.run_id, key)]
+    assert logged and len(logged) == len(set(logged)), sorted(logged)

@@ -47,6 +47,9 @@ SKIP_ATTR = "kbk.skip_reason"
 STALE_ATTR = "kbk.stale"
 DUPLICATE_ATTR = "kbk.duplicate_of"
 REQUEUED_ATTR = "kbk.requeued_from"
+#: The objective a trial's job recorded when it finished (`kbk.sweep.trial.record_result_from_env`).
+RESULT_ATTR = "kbk.result"
+RECOVERED_ATTR = "kbk.recovered"
 
 #: Seconds to wait for a lower-numbered trial that is still writing its parameters (it is inside `ask`).
 PARAMS_WAIT_S = 5.0
@@ -248,12 +251,25 @@ class SweepEngine:
         closed = []
         for number, reason in sorted(self._stale_reasons(trials).items()):
             trial = by_number[number]
+            if self._recover_result(trial._trial_id, number, trial.user_attrs, reason):
+                continue
             if self._close(trial._trial_id, number, "FAIL", {STALE_ATTR: reason, FAIL_REASON_ATTR: f"stale: {reason}"}):
                 closed.append(number)
                 log.warning("trial %d was left RUNNING (%s): marked FAIL and re-queued", number, reason)
                 if not self.grid and SKIP_ATTR not in trial.user_attrs and self.key_of(trial) is not None:
                     self.study.enqueue_trial(dict(trial.params), user_attrs={REQUEUED_ATTR: number})
         return closed
+
+    def _recover_result(self, trial_id: int, number: int, user_attrs: dict[str, Any], reason: str) -> bool:
+        """Tell COMPLETE a trial whose job finished and recorded its objective, though its sweeper process did not
+        live to tell it: the point is not trained again. False when there is no such record."""
+        values = user_attrs.get(RESULT_ATTR)
+        if not values or not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+            return False
+        if self._close(trial_id, number, "COMPLETE", {RECOVERED_ATTR: reason}, values=values):
+            log.warning("trial %d had finished (%s) but was not recorded (%s): its result is kept", number,
+                        ", ".join(f"{v:.6g}" for v in values), reason)
+        return True
 
     def _close(self, trial_id: int, number: int, state: str, attrs: dict[str, Any],
                values: Sequence[float] | None = None) -> bool:
@@ -451,6 +467,9 @@ class SweepEngine:
         released = []
         for number, trial in list(self.in_flight.items()):
             frozen = self.study._storage.get_trial(trial._trial_id)
+            if self._recover_result(trial._trial_id, number, frozen.user_attrs, reason):
+                self.in_flight.pop(number, None)
+                continue
             if self._close(trial._trial_id, number, "FAIL", {STALE_ATTR: reason, FAIL_REASON_ATTR: reason}):
                 released.append(number)
                 if not self.grid:

@@ -50,6 +50,8 @@ POLL_S = 1.0
 #: Config keys that say where things go rather than what is computed: they may differ between resumes.
 LOCATION_KEYS = ("paths", "tracking", "hydra")
 VOLATILE_KEYS = ("trainer.resume", "trainer.log_checkpoint")
+#: A metric the parent's summary logs at step = finished trials: present at that step means summarized.
+SUMMARY_PROBE = "trials/complete"
 
 
 def metric_names(cfg: DictConfig) -> list[str]:
@@ -517,11 +519,14 @@ class _SweepRun:
         self._write_results()
         failed = engine.failure_limit_exceeded(st)
         if self.parent is not None:
-            try:
-                self.parent.summarize(self.study, self.metrics, self.sweep_dir, plots=self.sweeper.plots)
-            except Exception as e:  # noqa: BLE001 (the trials are recorded; the summary is a convenience)
-                log.warning("kbk sweep: could not log the summary to the parent run: %s", e)
             others = engine.status().running > 0
+            # The process that ends the parent summarizes it, once per state of the study: not a process that
+            # leaves trials to others, nor one that ends together with another that has just summarized.
+            if (failed or not others) and not self._summarized(st):
+                try:
+                    self.parent.summarize(self.study, self.metrics, self.sweep_dir, plots=self.sweeper.plots)
+                except Exception as e:  # noqa: BLE001 (the trials are recorded; the summary is a convenience)
+                    log.warning("kbk sweep: could not log the summary to the parent run: %s", e)
             if failed:
                 self.parent.end("FAILED", reason=self._failure_text(st))
             elif others:
@@ -531,6 +536,13 @@ class _SweepRun:
         log.info("kbk sweep: results in %s", self.sweep_dir / "optimization_results.yaml")
         if failed:
             raise KbkError(self._failure_text(st))
+
+    def _summarized(self, st: Any) -> bool:
+        """The parent already holds the summary of this many finished trials (the count `summarize` logs)."""
+        try:
+            return self.parent.tracker.last_logged_step(SUMMARY_PROBE) == st.finished
+        except KbkError:
+            return False
 
     def _failure_text(self, st: Any) -> str:
         shown = "; ".join(f"trial {n}: {r}" for n, r in st.failures[:5])

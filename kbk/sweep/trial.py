@@ -63,3 +63,26 @@ def report_hook_from_env(environ: Mapping[str, str] | None = None) -> ReportHook
             raise optuna.TrialPruned(f"pruned by {pruner_name} at step {step} (objective {value:.6g})")
 
     return report
+
+
+def record_result_from_env(value: float | list[float], environ: Mapping[str, str] | None = None) -> None:
+    """Store the finished job's objective on its trial (user attribute `kbk.result`), from the job's process. If
+    the sweeper dies before its `tell`, the next sweeper process tells COMPLETE from this record rather than
+    training the point again (`SweepEngine.recover_stale`). A no-op outside kbk's sweeper."""
+    env = os.environ if environ is None else environ
+    storage_spec, study_name, number = env.get(ENV_STORAGE), env.get(ENV_STUDY), env.get(ENV_TRIAL)
+    if not (storage_spec and study_name and number):
+        return
+    import optuna
+
+    from kbk.sweep.engine import RESULT_ATTR
+    from kbk.sweep.storage import open_storage
+
+    storage = open_storage(storage_spec)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name),
+                                                               int(number))
+    values = [float(v) for v in (value if isinstance(value, list | tuple) else [value])]
+    try:
+        storage.set_trial_user_attr(trial_id, RESULT_ATTR, values)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # already told (or closed as stale by another process): nothing to recover

@@ -125,6 +125,9 @@ class SignalGuard:
 
     def _handle(self, signum: int, frame: Any) -> None:
         tracker = self._tracker
+        if tracker._deferring_signals and tracker._owner_pid == os.getpid():
+            tracker.deferred_signal = signum  # acted on by the caller once the run has ended
+            return
         # Read first: ending the run restores (and forgets) the previous handlers.
         previous = self._previous.get(signum)
         if tracker._owner_pid == os.getpid():  # a forked child must not end its parent's run
@@ -192,6 +195,8 @@ class MlflowTracker:
         self._store_calls = 0  # > 0 while a store call runs (a signal handler must not start another then)
         self._kill_after_call: str | None = None
         self._signal_guard: SignalGuard | None = None
+        self._deferring_signals = False
+        self.deferred_signal: int | None = None
         self._owner_pid = os.getpid()
         _open_trackers.add(self)
         if not _atexit_registered:
@@ -386,6 +391,12 @@ class MlflowTracker:
             )
         self._signal_guard = SignalGuard(self, signals)
         return self._signal_guard
+
+    def defer_signals(self) -> None:
+        """From now until the run ends, SIGTERM/SIGINT are only recorded (`deferred_signal`): for the work after
+        training (artifacts, the end), which a stop would cut short for nothing and, inside a store call, with a
+        traceback. The caller acts on `deferred_signal` once the run has ended."""
+        self._deferring_signals = True
 
     def _end_from_signal(self, reason: str) -> None:
         if self._ended:

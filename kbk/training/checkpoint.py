@@ -33,6 +33,51 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+class CheckpointFolderLock:
+    """An exclusive lock on a config's checkpoint folder for the life of its run: two processes training the same
+    config would overwrite each other's checkpoints. The lock is on the folder itself (no lock file is left
+    behind), and the OS drops it when its process dies, even by SIGKILL: a free lock says that no run of this
+    config is alive."""
+
+    def __init__(self, folder: Path) -> None:
+        import fcntl
+        import json
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.release()
+            try:
+                holder = f" (MLflow run {json.loads((folder / 'run.json').read_text())['run_id']})"
+            except (OSError, ValueError, KeyError, TypeError):
+                holder = ""
+            raise CheckpointError(
+                f"another kbk process is training this same config now{holder}, with its checkpoints in {folder}: "
+                f"wait for it to finish, or change a setting (e.g. seed) to train another config"
+            ) from None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock
+            self._fd = None
+
+    def __enter__(self) -> CheckpointFolderLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def remove_partial_checkpoints(folder: Path) -> list[Path]:
+    """Delete the temporary files of checkpoints whose writer was killed mid-write (call under the folder's lock)."""
+    partial = sorted(folder.glob(".*.tmp"))
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint`; a missing or unreadable file is a `CheckpointError`."""
     path = Path(path)
