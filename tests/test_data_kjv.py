@@ -97,3 +97,14 @@ def test_unexpected_bible_output_stops_with_one_line_and_writes_nothing(tmp_path
         "kbk: error: `" + str(tmp_path / "bin" / "bible") + " -f Gen1:1-Rev22:21` printed 3 lines (exit 0), "
         "expected 31102 verses each after its reference: check the bible-kjv installation"]
     assert not (tmp_path / "corpus").exists()
+
+
+def test_the_kjv_preset_has_the_prepared_test_split(prepared):
+    tmp, _ = prepared
+    settings = OmegaConf.to_object(compose_kbk(["data=kjv", f"data.path={tmp / 'corpus'}",
+                                                f"data.cache_dir={tmp / 'cache'}"]))
+    corpus = build.corpus(settings)
+    test_text = (tmp / "corpus" / "test.txt").read_text()
+    assert corpus.test().numel() == 1_500 * 14  # 13 tokens and <eos> per verse
+    assert corpus.test().tolist() == corpus.tokenizer.encode(test_text)
+    assert corpus.train.numel() == 28_102 * 14  # the test verses are in neither training nor validation

@@ -164,3 +164,21 @@ def test_streams_start_from_the_stationary_distribution():
     empirical = torch.bincount(first, minlength=8).double() / first.numel()
     assert (empirical - hmm.initial @ hmm.emission).abs().sum().item() < 0.08
     assert min((empirical - hmm.emission[s]).abs().sum().item() for s in range(4)) > 0.2
+
+
+def test_the_test_stream_is_a_third_draw_from_the_same_hmm_with_its_own_exact_floor():
+    import numpy as np
+
+    c = load_synthetic(n_train_tokens=2_000, n_val_tokens=3_000, seed=5)
+    assert c._test is None  # not sampled until asked for: training never draws it
+    test = c.test()
+    assert test.numel() == c.val.numel() and not torch.equal(test, c.val) and test.max() < c.vocab_size
+    # the fourth child of the data seed: train and val keep the streams they had before the test split existed
+    seeds = np.random.SeedSequence(5).spawn(4)
+    assert torch.equal(c.train, c.source_model.sample(2_000, np.random.default_rng(seeds[1])))
+    assert torch.equal(c.val, c.source_model.sample(3_000, np.random.default_rng(seeds[2])))
+    assert torch.equal(test, c.source_model.sample(3_000, np.random.default_rng(seeds[3])))
+    assert torch.equal(load_synthetic(n_train_tokens=2_000, n_val_tokens=3_000, seed=5).test(), test)
+    assert c.loss_floor(16, "test") == pytest.approx(c.source_model.mean_window_nll(test, 16), rel=1e-12)
+    assert c.loss_floor(16, "test") != c.loss_floor(16, "val")
+    assert c.loss_floor(16, "test") == pytest.approx(c.loss_floor(16, "val"), abs=0.1)  # same source, same floor

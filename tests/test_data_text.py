@@ -142,3 +142,50 @@ def test_a_corrupt_cache_entry_is_rebuilt(tmp_path):
     again = load_text(tmp_path / "a.txt", cache_dir=cache)
     assert not again.from_cache and torch.equal(again.train, first.train)
     assert load_text(tmp_path / "a.txt", cache_dir=cache).from_cache
+
+
+def test_a_folders_test_txt_is_the_test_split_tokenised_with_the_training_vocabulary(tmp_path):
+    (tmp_path / "train.txt").write_text("x y x\n")
+    (tmp_path / "valid.txt").write_text("y x\n")
+    (tmp_path / "test.txt").write_text("x z y\n")
+    c = load_text(tmp_path, tokenizer="word", cache_dir=tmp_path / "cache")
+    assert c.has_test and c.tokenizer.decode(c.test().tolist()) == "x <unk> y\n"  # "z" is in no training text
+    assert "z" not in c.tokenizer.itos and c.vocab_size == 4
+    assert torch.equal(c.split("test"), c.test()) and torch.equal(c.split("val"), c.val)
+
+
+def test_training_never_reads_the_test_file_and_its_edits_keep_the_cache(tmp_path):
+    (tmp_path / "train.txt").write_text("a b a\n")
+    (tmp_path / "valid.txt").write_text("b a\n")
+    (tmp_path / "test.txt").write_bytes(b"\xff\xfe not utf-8")  # reading it would fail
+    cache = tmp_path / "cache"
+    first = load_text(tmp_path, tokenizer="word", cache_dir=cache)
+    assert first.train.numel() == 4 and first.has_test
+    with pytest.raises(DataError, match="test.txt is not UTF-8"):
+        first.test()
+    (tmp_path / "test.txt").write_text("b b\n")
+    second = load_text(tmp_path, tokenizer="word", cache_dir=cache)
+    assert second.from_cache and second.cache_path == first.cache_path  # the training entry ignores the test file
+    assert second.tokenizer.decode(second.test().tolist()) == "b b\n"
+
+
+def test_a_folder_without_valid_txt_holds_its_test_txt_out_of_training_and_validation(tmp_path):
+    (tmp_path / "a.txt").write_text("".join(LINES))
+    (tmp_path / "test.txt").write_text("line 3 says zzz\n")
+    c = load_text(tmp_path, tokenizer="word", val_fraction=0.2)
+    assert c.train.numel() + c.val.numel() == 5 * len(LINES)  # 4 words and <eos> a line: no test line among them
+    assert c.tokenizer.decode(c.test().tolist()) == "line 3 says <unk>\n"
+    (tmp_path / "a.txt").unlink()
+    with pytest.raises(DataError, match="without any .txt file besides test.txt"):
+        load_text(tmp_path)
+
+
+def test_a_single_file_has_no_test_split_and_asking_for_one_says_how_to_get_it(tmp_path):
+    (tmp_path / "a.txt").write_text("".join(LINES))
+    c = load_text(tmp_path / "a.txt")
+    assert not c.has_test
+    with pytest.raises(DataError, match="no test split: give data.path a folder with a test.txt"):
+        c.test()
+    (tmp_path / "test.txt").write_text("\n\n")
+    with pytest.raises(DataError, match="test split has 0 tokens"):
+        load_text(tmp_path).test()

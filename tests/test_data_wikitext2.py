@@ -144,3 +144,35 @@ def test_a_cached_hub_corpus_loads_without_the_hub(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     second = load_wikitext2(cache_dir=tmp_path / "cache")
     assert second.from_cache and torch.equal(first.train, second.train)
+
+
+def test_the_test_parquet_is_the_test_split_in_the_training_vocabulary(tmp_path, monkeypatch):
+    root = write_hub_copy(tmp_path / "wikitext")
+    kw = dict(max_vocab=3, cache_dir=tmp_path / "cache", hf_cache_dir=str(tmp_path / "hf"))
+    c = load_wikitext2(root, **kw)
+    unk, eos, the, eq, sat = range(5)
+    assert c.has_test and c.test().tolist() == [unk] * 6 + [eos]  # no test word is a training word
+    reads = []
+    monkeypatch.setattr(wt2, "_read_local", lambda files, cache, splits=wt2.TRAINING_SPLITS: reads.append(splits)
+                        or tuple(" the = \n" for _ in splits))
+    cached = load_wikitext2(root, **kw)
+    assert reads == []  # training data from the cache: no split read at all
+    assert cached.test().tolist() == [the, eq, eos] and reads == [("test",)]  # the test split alone, on demand
+
+
+def test_a_local_copy_without_test_parquet_has_no_test_split(tmp_path):
+    root = write_hub_copy(tmp_path / "wikitext")
+    (root / "wikitext-2-raw-v1" / "test-00000-of-00001.parquet").unlink()
+    c = load_wikitext2(root, hf_cache_dir=str(tmp_path / "hf"))
+    assert not c.has_test and c.train.numel() > 0
+    with pytest.raises(DataError, match="no test split"):
+        c.test()
+
+
+def test_the_hub_corpus_reads_its_test_split_from_the_hub(tmp_path, monkeypatch):
+    text = "".join(r if r.endswith("\n") else r + "\n" for r in TRAIN)
+    asked = []
+    monkeypatch.setattr(wt2, "_read_hub", lambda cache, timeout, splits: asked.append(splits) or (text,) * len(splits))
+    c = load_wikitext2(cache_dir=tmp_path / "cache")
+    assert asked == [("train", "validation")] and c.has_test
+    assert torch.equal(c.test(), c.train) and asked[-1] == ("test",)

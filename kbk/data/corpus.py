@@ -1,5 +1,8 @@
 """The `Corpus` every source returns, the `load_corpus` dispatcher, and the cache of tokenised corpora.
 
+A corpus's test split (where its source has one) is read and tokenised with the training vocabulary only when
+`Corpus.test()` is first called, so training, which never calls it, never reads the test text.
+
 Cache layout: `<cache_dir>/<name>-<key>/{train.pt, val.pt, tokenizer.json, meta.json}`, where `key` hashes
 the source settings (and, for local files, their paths, sizes and mtimes), so changing a setting or editing a
 file builds a new entry and never reads a stale one. An entry is written into a temporary sibling folder and
@@ -38,24 +41,47 @@ class Corpus:
     source_model: Any = None  # the exact generator (synthetic HMM); None for real text
     cache_path: Path | None = None
     from_cache: bool = False
-    _floors: dict[int, float] = field(default_factory=dict, repr=False)
+    # reads and tokenises the test split (None: the source has none); called by `test()` only
+    test_loader: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
+    _test: torch.Tensor | None = field(default=None, repr=False)
+    _floors: dict[tuple[str, int], float] = field(default_factory=dict, repr=False)
 
-    def loss_floor(self, n_seq: int) -> float | None:
-        """The Bayes-optimal mean validation cross-entropy (nats/token) over the evaluator's windows.
+    @property
+    def has_test(self) -> bool:
+        return self.test_loader is not None
 
-        The windows are those of `TokenBatches(val, n_seq, ..., shuffle=False)`. None for real text, whose
+    def test(self) -> torch.Tensor:
+        """The test split's token ids (1-D int64), read and tokenised on the first call."""
+        if self.test_loader is None:
+            raise DataError(
+                f"the {self.name} data has no test split: give data.path a folder with a test.txt next to its "
+                f"train.txt (a WikiText-2 copy: test-*.parquet), or evaluate the validation split only"
+            )
+        if self._test is None:
+            self._test = self.test_loader()
+        return self._test
+
+    def split(self, name: str) -> torch.Tensor:
+        """The token ids of split `name`: "train", "val" or "test"."""
+        return {"train": lambda: self.train, "val": lambda: self.val, "test": self.test}[name]()
+
+    def loss_floor(self, n_seq: int, split: str = "val") -> float | None:
+        """The Bayes-optimal mean cross-entropy (nats/token) over the evaluator's windows of `split`.
+
+        The windows are those of `TokenBatches(<split>, n_seq, ..., shuffle=False)`. None for real text, whose
         source is unknown.
         """
         if self.source_model is None:
             return None
-        if n_seq not in self._floors:
-            if num_windows(self.val.numel(), n_seq) == 0:
+        if (split, n_seq) not in self._floors:
+            tokens = self.split(split)
+            if num_windows(tokens.numel(), n_seq) == 0:
                 raise DataError(
-                    f"the validation stream has {self.val.numel()} tokens, too few for one window of "
+                    f"the {split} stream has {tokens.numel()} tokens, too few for one window of "
                     f"n_seq={n_seq} (+1 target): raise data.n_val_tokens or lower model.n_seq"
                 )
-            self._floors[n_seq] = self.source_model.mean_window_nll(self.val, n_seq)
-        return self._floors[n_seq]
+            self._floors[split, n_seq] = self.source_model.mean_window_nll(tokens, n_seq)
+        return self._floors[split, n_seq]
 
 
 def load_corpus(source: str = "synthetic", **options) -> Corpus:
@@ -118,10 +144,13 @@ def tokenised_corpus(
     settings: dict,
     files: list[Path],
     cache_dir: str | Path | None,
+    read_test_text: Callable[[], str] | None = None,
 ) -> Corpus:
     """Tokenise `read_texts()` -> (train text, val text) as `settings` say, via the cache if one is given.
 
-    `settings` must hold `tokenizer`, `max_vocab`, `bpe_vocab_size`, `lowercase`, `eos`.
+    `settings` must hold `tokenizer`, `max_vocab`, `bpe_vocab_size`, `lowercase`, `eos`. `read_test_text`: the
+    test split's text, if the source has one; it is read and tokenised only when `Corpus.test()` asks for it (not
+    cached: the cache key, and so the training data, never depends on the test files).
     """
     if settings["tokenizer"] not in TOKENIZERS:
         raise DataError(
@@ -131,7 +160,8 @@ def tokenised_corpus(
     if folder is not None and (folder / "meta.json").is_file():
         try:
             train, val, tok = _read_entry(folder)
-            return Corpus(train, val, tok.vocab_size, name, tok, cache_path=folder, from_cache=True)
+            return Corpus(train, val, tok.vocab_size, name, tok, cache_path=folder, from_cache=True,
+                          test_loader=_test_loader(name, tok, read_test_text))
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)  # unreadable entry: rebuild it below
     train_text, val_text = read_texts()
@@ -161,4 +191,18 @@ def tokenised_corpus(
             "n_val": val.numel(),
         }
         _write_entry(folder, train, val, tok, meta)
-    return Corpus(train, val, tok.vocab_size, name, tok, cache_path=folder, from_cache=False)
+    return Corpus(train, val, tok.vocab_size, name, tok, cache_path=folder, from_cache=False,
+                  test_loader=_test_loader(name, tok, read_test_text))
+
+
+def _test_loader(name: str, tok, read_test_text: Callable[[], str] | None) -> Callable[[], torch.Tensor] | None:
+    if read_test_text is None:
+        return None
+
+    def load() -> torch.Tensor:
+        ids = torch.tensor(tok.encode(read_test_text()), dtype=torch.long)
+        if ids.numel() < 2:
+            raise DataError(f"the {name} test split has {ids.numel()} tokens after tokenisation: put more text in it")
+        return ids
+
+    return load

@@ -9,6 +9,8 @@ algorithm predicts.
 Both streams start from the stationary distribution, so for ANY window of the validation stream the hidden
 state at its first token is distributed as the stationary distribution, and the forward algorithm from there
 gives the exact P(x_{t+1} | x_0..x_t within the window), the best any model that sees only the window can do.
+The test stream (`Corpus.test()`, as long as the validation stream) is a third independent draw from the same
+model, sampled only when asked for, with its own exact floor (`Corpus.loss_floor(n_seq, "test")`).
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ def load_synthetic(
     n_val_tokens: int = 30_000,
     seed: int = 0,
 ) -> Corpus:
-    """Train and validation streams from one seeded HMM; independent of the global RNGs."""
+    """Train, validation and (on demand) test streams from one seeded HMM; independent of the global RNGs."""
     checks = {
         "vocab_size": (vocab_size, vocab_size >= 2, ">= 2"),
         "n_states": (n_states, n_states >= 1, ">= 1"),
@@ -148,8 +150,10 @@ def load_synthetic(
     for key, (value, ok, allowed) in checks.items():
         if not ok:
             raise DataError(f"data.{key}={value} is out of range: it must be {allowed}")
-    model_seed, train_seed, val_seed = np.random.SeedSequence(seed).spawn(3)
+    # spawn(n)'s i-th child depends on i only, so the fourth (test) seed leaves the first three streams as they were
+    model_seed, train_seed, val_seed, test_seed = np.random.SeedSequence(seed).spawn(4)
     hmm = make_hmm(vocab_size, n_states, n_successors, zipf_exponent, np.random.default_rng(model_seed))
     train = hmm.sample(n_train_tokens, np.random.default_rng(train_seed))
     val = hmm.sample(n_val_tokens, np.random.default_rng(val_seed))
-    return Corpus(train, val, vocab_size, "synthetic", IdTokenizer(vocab_size), source_model=hmm)
+    return Corpus(train, val, vocab_size, "synthetic", IdTokenizer(vocab_size), source_model=hmm,
+                  test_loader=lambda: hmm.sample(n_val_tokens, np.random.default_rng(test_seed)))

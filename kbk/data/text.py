@@ -1,4 +1,8 @@
-"""Local text: one `.txt` file, or a folder of them, split into training and validation text and tokenised."""
+"""Local text: one `.txt` file, or a folder of them, split into training and validation text and tokenised.
+
+A folder's `test.txt` is its test split: never part of the training or validation text, tokenised with the
+training vocabulary when an evaluation asks for it (`Corpus.test()`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from kbk.data.corpus import Corpus, tokenised_corpus
 from kbk.errors import DataError
 
 VAL_NAMES = ("valid.txt", "val.txt", "validation.txt")
+TEST_NAME = "test.txt"
 _FIX = (
     "set data.path to an existing .txt file or folder of .txt files (or use data=synthetic: no files needed)"
 )
@@ -22,6 +27,11 @@ def _read(f: Path) -> str:
         raise DataError(f"cannot read {f} ({e.strerror or e}): fix its permissions, or {_FIX}") from e
 
 
+def _concat(files: list[Path]) -> str:
+    # each file ends in a newline so the last line of one never runs into the first line of the next
+    return "".join(t if t.endswith("\n") else t + "\n" for t in map(_read, files) if t.strip())
+
+
 def split_text(text: str, val_fraction: float) -> tuple[str, str]:
     """The last `val_fraction` of `text` is validation, cut at a line (else word) end so no word is split."""
     cut = int(len(text) * (1.0 - val_fraction))
@@ -32,8 +42,10 @@ def split_text(text: str, val_fraction: float) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-def find_files(path: Path, prepare_command: str | None = None) -> tuple[list[Path], list[Path] | None]:
-    """(training files, validation files or None when the validation part is cut from the end).
+def find_files(
+    path: Path, prepare_command: str | None = None
+) -> tuple[list[Path], list[Path] | None, Path | None]:
+    """(training files, validation files or None when the validation part is cut from the end, test file or None).
 
     `prepare_command`: the command that writes the corpus (a prepared corpus's preset names it), told to the user
     when the files are missing."""
@@ -41,15 +53,17 @@ def find_files(path: Path, prepare_command: str | None = None) -> tuple[list[Pat
         fix = f"prepare the corpus with `{prepare_command}`" if prepare_command else _FIX
         raise DataError(f"data.path={path} does not exist: {fix}")
     if path.is_file():
-        return [path], None
+        return [path], None, None
     train = path / "train.txt"
     val = next((path / n for n in VAL_NAMES if (path / n).is_file()), None)
+    test = path / TEST_NAME if (path / TEST_NAME).is_file() else None
     if train.is_file() and val is not None:
-        return [train], [val]
-    files = sorted(path.rglob("*.txt"))  # sorted: the same folder always gives the same stream
+        return [train], [val], test
+    # sorted: the same folder always gives the same stream; the test file is held out of it
+    files = [f for f in sorted(path.rglob("*.txt")) if f != test]
     if not files:
-        raise DataError(f"data.path={path} is a folder without any .txt file: {_FIX}")
-    return files, None
+        raise DataError(f"data.path={path} is a folder without any .txt file besides {TEST_NAME}: {_FIX}")
+    return files, None, test
 
 
 def load_text(
@@ -66,27 +80,24 @@ def load_text(
     """Tokenise local text.
 
     `path`: a `.txt` file, or a folder (its `train.txt` + `valid.txt` when both exist, else every `*.txt`
-    below it, concatenated in sorted order, the last `val_fraction` being validation). `tokenizer`: "char" |
-    "word" (capped at `max_vocab`, `<eos>` per line if `eos`) | "bpe" (`bpe_vocab_size`). `prepare_command`: what
-    the missing-path error tells the user to run (e.g. `python experiments/data/kjv.py`).
+    below it, concatenated in sorted order, the last `val_fraction` being validation; a folder's `test.txt` is
+    the test split, in neither). `tokenizer`: "char" | "word" (capped at `max_vocab`, `<eos>` per line if `eos`)
+    | "bpe" (`bpe_vocab_size`). `prepare_command`: what the missing-path error tells the user to run (e.g.
+    `python experiments/data/kjv.py`).
     """
     if path is None or str(path) == "":
         raise DataError(f"data=text needs data.path: {_FIX}")
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1 (e.g. 0.1)")
     path = Path(path).expanduser()
-    train_files, val_files = find_files(path, prepare_command)
+    train_files, val_files, test_file = find_files(path, prepare_command)
 
     def read_texts() -> tuple[str, str]:
-        # each file ends in a newline so the last line of one never runs into the first line of the next
-        def concat(files):
-            return "".join(t if t.endswith("\n") else t + "\n" for t in map(_read, files) if t.strip())
-
-        train = concat(train_files)
+        train = _concat(train_files)
         if not train:
             raise DataError(f"data.path={path} holds no text (empty or whitespace-only files): {_FIX}")
         if val_files is not None:
-            val = concat(val_files)
+            val = _concat(val_files)
             if not val:
                 raise DataError(f"{val_files[0]} is empty: put validation text in it, or remove it")
             return train, val
@@ -101,4 +112,5 @@ def load_text(
         "lowercase": lowercase,
         "eos": eos,
     }
-    return tokenised_corpus("text", read_texts, settings, train_files + (val_files or []), cache_dir)
+    read_test = None if test_file is None else (lambda: _concat([test_file]))
+    return tokenised_corpus("text", read_texts, settings, train_files + (val_files or []), cache_dir, read_test)

@@ -3,7 +3,8 @@
 Whitespace words, the `max_vocab` most frequent TRAINING words plus `<unk>`. Each dataset row is one line of the
 original files; with `eos=True` every non-empty line ends in `<eos>` (as in the classic word-level WikiText setup)
 and blank lines add nothing. The seed's Colab run had 30,000 ids and no `<eos>`: `max_vocab=29_999, eos=False`,
-what `data=wikitext2` (conf/data/wikitext2.yaml) sets.
+what `data=wikitext2` (conf/data/wikitext2.yaml) sets. The `test` split (the hub's, or a local copy's
+`test-*.parquet`) is read only when an evaluation asks for it (`Corpus.test()`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from kbk.data.corpus import Corpus, tokenised_corpus
 from kbk.errors import DataError
 
 HUB_NAME, HUB_CONFIG = "wikitext", "wikitext-2-raw-v1"
+TRAINING_SPLITS = ("train", "validation")
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
@@ -51,10 +53,11 @@ def hub_unreachable(timeout_s: float) -> str | None:
 
 
 def local_files(path: Path) -> dict[str, list[Path]]:
-    """The parquet shards of a local copy in the hub repo's layout (`path`: the repo or its config folder)."""
+    """The parquet shards of a local copy in the hub repo's layout (`path`: the repo or its config folder); the
+    `test` split's list is empty when the copy has none."""
     folder = path / HUB_CONFIG if (path / HUB_CONFIG).is_dir() else path
-    files = {split: sorted(folder.glob(f"{split}-*.parquet")) for split in ("train", "validation")}
-    if not path.is_dir() or not all(files.values()):
+    files = {split: sorted(folder.glob(f"{split}-*.parquet")) for split in (*TRAINING_SPLITS, "test")}
+    if not path.is_dir() or not all(files[split] for split in TRAINING_SPLITS):
         what = "does not exist" if not path.exists() else "is not a WikiText-2 copy in the hub's layout"
         raise DataError(
             f"data.path={path} {what}: expected "
@@ -68,14 +71,17 @@ def _rows_to_text(rows) -> str:
     return "".join(r if r.endswith("\n") else r + "\n" for r in rows)
 
 
-def _read_local(files: dict[str, list[Path]], hf_cache_dir: str | None) -> tuple[str, str]:
+def _read_local(
+    files: dict[str, list[Path]], hf_cache_dir: str | None, splits: tuple[str, ...] = TRAINING_SPLITS
+) -> tuple[str, ...]:
+    """The text of each of `splits`, in that order."""
     import datasets
 
     try:
         ds = datasets.load_dataset(
-            "parquet", data_files={k: [str(f) for f in v] for k, v in files.items()}, cache_dir=hf_cache_dir
+            "parquet", data_files={k: [str(f) for f in files[k]] for k in splits}, cache_dir=hf_cache_dir
         )
-        return _rows_to_text(ds["train"]["text"]), _rows_to_text(ds["validation"]["text"])
+        return tuple(_rows_to_text(ds[split]["text"]) for split in splits)
     except Exception as e:  # corrupt shards, a missing "text" column, ...: all fixed by a fresh copy
         raise DataError(
             f"cannot read WikiText-2 from {files['train'][0].parent} ({e}): replace the copy. "
@@ -83,7 +89,10 @@ def _read_local(files: dict[str, list[Path]], hf_cache_dir: str | None) -> tuple
         ) from e
 
 
-def _read_hub(hf_cache_dir: str | None, timeout_s: float) -> tuple[str, str]:
+def _read_hub(
+    hf_cache_dir: str | None, timeout_s: float, splits: tuple[str, ...] = TRAINING_SPLITS
+) -> tuple[str, ...]:
+    """The text of each of `splits`, in that order."""
     offline = hub_offline()
     reason = None if offline else hub_unreachable(timeout_s)
     if reason is not None:
@@ -104,7 +113,7 @@ def _read_hub(hf_cache_dir: str | None, timeout_s: float) -> tuple[str, str]:
             f"cannot load WikiText-2 ({HUB_NAME}/{HUB_CONFIG}): {cause} ({type(e).__name__}: {e}). "
             f"{_alternatives()}"
         ) from e
-    return _rows_to_text(ds["train"]["text"]), _rows_to_text(ds["validation"]["text"])
+    return tuple(_rows_to_text(ds[split]["text"]) for split in splits)
 
 
 def load_wikitext2(
@@ -118,7 +127,8 @@ def load_wikitext2(
     hf_cache_dir: str | None = None,
     hub_timeout_s: float = 5.0,
 ) -> Corpus:
-    """WikiText-2 raw, train/validation splits. `path`: a local copy in the hub's layout (None: the hub).
+    """WikiText-2 raw, train/validation splits (and test, see `Corpus.test()`). `path`: a local copy in the hub's
+    layout (None: the hub).
 
     `hf_cache_dir` is where `datasets` keeps its own files (None: its default under HF_HOME).
     """
@@ -128,13 +138,15 @@ def load_wikitext2(
         flat = files["train"] + files["validation"]
         source = str(path.resolve())
 
-        def read_texts():
-            return _read_local(files, hf_cache_dir)
-    else:
-        flat, source = [], f"hub:{HUB_NAME}/{HUB_CONFIG}"
+        def read_splits(splits=TRAINING_SPLITS):
+            return _read_local(files, hf_cache_dir, splits)
 
-        def read_texts():
-            return _read_hub(hf_cache_dir, hub_timeout_s)
+        has_test = bool(files["test"])
+    else:
+        flat, source, has_test = [], f"hub:{HUB_NAME}/{HUB_CONFIG}", True
+
+        def read_splits(splits=TRAINING_SPLITS):
+            return _read_hub(hf_cache_dir, hub_timeout_s, splits)
 
     settings = {
         "source": source,
@@ -144,4 +156,5 @@ def load_wikitext2(
         "lowercase": lowercase,
         "eos": eos,
     }
-    return tokenised_corpus("wikitext2", read_texts, settings, flat, cache_dir)
+    read_test = (lambda: read_splits(("test",))[0]) if has_test else None
+    return tokenised_corpus("wikitext2", read_splits, settings, flat, cache_dir, read_test)
