@@ -24,3 +24,7 @@ class CheckpointError(KbkError):
 
 class TrackingError(KbkError):
     """The tracking store or server cannot be reached or used."""
+
+
+class TrainingError(KbkError):
+    """Training cannot go on (a diverging loss); the message names the step and the settings to change."""

@@ -173,9 +173,10 @@ def run_locked(cfg: DictConfig, output_dir: Path, sweep: bool, cleanup) -> Any:
     import contextlib
 
     from kbk import build, console
+    from kbk.errors import TrainingError
     from kbk.tracking.run_info import config_hash
     from kbk.training.checkpoint import CheckpointFolderLock, remove_partial_checkpoints, seed_everything
-    from kbk.training.trainer import HybridTrainer
+    from kbk.training.trainer import HybridTrainer, TrainingDiverged
 
     # Everything that can be wrong with the input fails here, before a run exists anywhere.
     try:
@@ -228,7 +229,11 @@ def run_locked(cfg: DictConfig, output_dir: Path, sweep: bool, cleanup) -> Any:
 
                 catch_up(tracker, trainer.history)
                 trainer.tracker = SkipStored(tracker)
-        summary = trainer.fit()
+        try:
+            summary = trainer.fit()
+        except TrainingDiverged as exc:
+            trainer._log_window()  # the losses since the last log point: the store shows the divergence
+            raise TrainingError(str(exc)) from None  # a user's setting (trainer.lr, ...): one line, run FAILED
         if tracker is not None:
             tracker.defer_signals()  # training is done: a stop now waits for the artifacts and the FINISHED run
         summary["config_hash"] = run_hash

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import TINY, TINY_MODEL, clean_env, kbk_command, mlflow_runs
+from conftest import TINY, TINY_MODEL, clean_env, kbk_command, metric_history, mlflow_runs
 
 from kbk.paths import PROJECT_ROOT
 
@@ -117,3 +117,18 @@ def test_an_unusable_outputs_folder_is_one_line_before_any_run(outputs, tmp_path
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
     assert lines[0].startswith(f"kbk: error: paths.outputs={outputs}: ") and "Fix:" in lines[0]
     assert not Path(outputs).exists() and not proc.stdout.strip()  # no run started, nothing printed
+
+
+def test_a_diverging_run_is_one_line_and_its_losses_are_stored(tmp_path, mlflow_store):
+    """trainer.lr=1e4 diverges within a few steps, before the first log point: the run ends FAILED with the reason,
+    the losses up to the divergence are in MLflow, and the console has one line, no traceback."""
+    outputs = tmp_path / "outputs"
+    db = mlflow_store(outputs)
+    proc = subprocess.run(kbk_command([*TINY, "trainer.lr=1e4", f"paths.outputs={outputs}"]), capture_output=True,
+                          text=True, env=clean_env(), cwd=PROJECT_ROOT, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("kbk: error: the language-model loss was non-finite") and "trainer.lr" in lines[0]
+    (run,) = mlflow_runs(outputs / "mlflow.db")
+    assert run.info.status == "FAILED" and "non-finite" in run.data.tags["kbk.end_reason"]
+    assert metric_history(db, run.info.run_id, "train/loss_lm") and "train/loss_total" in run.data.metrics
