@@ -1,7 +1,8 @@
 """Data sources (synthetic, local text, WikiText-2), tokenisers and batching.
 
 `load_corpus(source, **options)` returns a `Corpus` (train/val token ids, vocab size, tokeniser and, for the
-synthetic source, the exact loss floor); `TokenBatches` cuts its streams into training and evaluation batches.
+synthetic source, the exact loss floor; `Corpus.test()` reads the test split, where the source has one, on demand);
+`TokenBatches` cuts its streams into training and evaluation batches.
 `datasets` and `tokenizers` are imported only by the code paths that need them.
 """
 
