@@ -51,8 +51,9 @@ def note(message: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ finding things
-def locate(target: str, config: str | None, uri: str | None) -> tuple[Path, Path, str | None]:
-    """(checkpoint file, config.yaml, MLflow run id or None) for a checkpoint path or an MLflow run id."""
+def locate(target: str, config: str | None, uri: str | None, scratch: Path) -> tuple[Path, Path, str | None]:
+    """(checkpoint file, config.yaml, MLflow run id or None) for a checkpoint path or an MLflow run id; a checkpoint
+    that exists only as an MLflow artifact is downloaded into `scratch`."""
     path = Path(target).expanduser()
     if path.is_dir():
         path = path / "last.pt"
@@ -60,7 +61,7 @@ def locate(target: str, config: str | None, uri: str | None) -> tuple[Path, Path
         info = read_run_info(path.parent)
         return path, config_file(config, info.get("output_dir"), path), info.get("run_id")
     if RUN_ID.fullmatch(target):
-        return locate_run(target, config, uri)
+        return locate_run(target, config, uri, scratch)
     raise KbkError(
         f"{target}: no such checkpoint file, and not an MLflow run id (32 hex digits). Fix: pass the path of a "
         f"last.pt that kbk wrote (outputs/checkpoints/<config hash>/last.pt) or the id of a run of python -m kbk.run"
@@ -96,7 +97,7 @@ def config_file(given: str | None, output_dir: str | None, checkpoint: Path) -> 
     return path
 
 
-def locate_run(run_id: str, config: str | None, uri: str | None) -> tuple[Path, Path, str]:
+def locate_run(run_id: str, config: str | None, uri: str | None, scratch: Path) -> tuple[Path, Path, str]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -134,11 +135,8 @@ def locate_run(run_id: str, config: str | None, uri: str | None) -> tuple[Path, 
             note(f"{checkpoint} was last written by MLflow run {last_writer}, a later run of the same config")
         return checkpoint, cfg_path, run_id
     logged = [a.path for a in client.list_artifacts(run_id, "checkpoints")]
-    if "checkpoints/last.pt" in logged:
-        import tempfile
-
-        download = Path(tempfile.mkdtemp(prefix="kbk-evaluate-"))
-        return Path(client.download_artifacts(run_id, "checkpoints/last.pt", str(download))), cfg_path, run_id
+    if "checkpoints/last.pt" in logged:  # trainer.log_checkpoint=true kept a copy
+        return Path(client.download_artifacts(run_id, "checkpoints/last.pt", str(scratch))), cfg_path, run_id
     raise KbkError(
         f"MLflow run {run_id} has no checkpoint: {checkpoint} does not exist and the run logged none (a run that "
         f"failed before its first checkpoint, or whose checkpoint folder was deleted). Fix: train it again with the "
@@ -192,11 +190,16 @@ def check_device(device: str) -> str:
 
 def load_trained(target: str, device: str = "auto", config: str | None = None, uri: str | None = None) -> Trained:
     """The model of a checkpoint path or MLflow run id, rebuilt from its config, with its training data."""
+    import tempfile
+
     from kbk import build
 
     device = check_device(device)
-    checkpoint, cfg_path, run_id = locate(target, config, uri)
-    state = read_checkpoint(checkpoint)
+    with tempfile.TemporaryDirectory(prefix="kbk-evaluate-") as scratch:
+        checkpoint, cfg_path, run_id = locate(target, config, uri, Path(scratch))
+        state = read_checkpoint(checkpoint)
+        if checkpoint.is_relative_to(scratch):
+            checkpoint = Path(f"runs:/{run_id}/checkpoints/last.pt")  # where it came from, not the deleted copy
     settings = load_settings(cfg_path)
     settings.trainer.device = device
     with contextlib.redirect_stdout(sys.stderr):  # start-up lines are progress, not results: stdout stays parseable

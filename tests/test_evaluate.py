@@ -139,3 +139,14 @@ def test_the_command_line_exits_2_without_a_traceback(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"kbk.evaluate: error: {tmp_path / 'nothing.pt'}: no such checkpoint file")
+
+
+def test_a_run_whose_checkpoint_folder_is_gone_uses_its_logged_checkpoint(run, capsys):
+    client = MlflowClient(run["uri"])
+    experiment = client.get_run(run["run_id"]).info.experiment_id
+    # a run of this config whose checkpoint folder was deleted, with trainer.log_checkpoint=true's copy
+    logged = client.create_run(experiment, tags={"kbk.output_dir": str(run["run_dir"]), "kbk.config_hash": "e" * 16})
+    client.log_artifact(logged.info.run_id, str(run["checkpoint"]), "checkpoints")
+    result = evaluate_json(capsys, logged.info.run_id, "--uri", run["uri"], "--split", "val")
+    assert result["checkpoint"] == f"runs:/{logged.info.run_id}/checkpoints/last.pt"
+    assert result["splits"]["val"]["loss"] == pytest.approx(run["summary"]["val/loss"], rel=1e-6)
