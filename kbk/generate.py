@@ -27,7 +27,11 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
     """The prompt's token ids as the model was trained to read text; unknown words or characters noted."""
     from kbk.data.tokenizers import EOS, CharTokenizer, WordTokenizer
 
-    ids = tokenizer.encode(prompt)
+    try:
+        ids = tokenizer.encode(prompt)
+    except ValueError:  # the synthetic source's tokens are written as integers
+        raise KbkError(f"--prompt {prompt!r}: this model reads token ids, integers from 0 to "
+                       f"{tokenizer.vocab_size - 1} separated by spaces. Fix: e.g. --prompt '3 17 5'") from None
     if isinstance(tokenizer, WordTokenizer | CharTokenizer):
         pieces = tokenizer.words(prompt) if isinstance(tokenizer, WordTokenizer) else list(
             prompt.lower() if tokenizer.lowercase else prompt)

@@ -14,7 +14,7 @@ from conftest import TINY_MODEL, clean_env, compose_kbk, kbk_command, one_torch_
 from omegaconf import OmegaConf
 
 from kbk import build
-from kbk.data.tokenizers import BpeTokenizer, CharTokenizer, WordTokenizer
+from kbk.data.tokenizers import BpeTokenizer, CharTokenizer, IdTokenizer, WordTokenizer
 from kbk.errors import KbkError
 from kbk.evaluate import Trained
 from kbk.evaluate import main as evaluate_main
@@ -103,6 +103,11 @@ def test_the_prompt_is_read_as_the_training_text_was(capsys):
     assert prompt_ids(chars, "abz") == [1, 2, 0] and "read as <unk>: 'z'" in capsys.readouterr().err
     with pytest.raises(KbkError, match="--prompt is empty"):
         prompt_ids(chars, "")
+    assert prompt_ids(IdTokenizer(8), "3 7") == [3, 7]
+    with pytest.raises(KbkError, match="integers from 0 to 7 separated by spaces"):
+        prompt_ids(IdTokenizer(8), "3 x")
+    with pytest.raises(KbkError, match=r"token ids must lie in \[0, 8\)"):
+        prompt_ids(IdTokenizer(8), "3 8")
     bpe = BpeTokenizer.train("the cat sat on the mat\n" * 20, vocab_size=300)
     assert bpe.decode(prompt_ids(bpe, "the bat")) == "the bat" and capsys.readouterr().err == ""
 
