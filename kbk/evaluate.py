@@ -236,6 +236,8 @@ def evaluate_split(trained: Trained, split: str) -> dict[str, Any]:
     options = dataclasses.replace(build.trainer_options(settings), eval_batches=None, layerwise_eval=True,
                                   layerwise_tokens=None)
     trainer = HybridTrainer(trained.model, batches, batches, options)  # evaluation only: never steps
+    modes = "standard, Koopman mode and each layer alone" if trainer.has_koopman else "standard"
+    print(f"[kbk] evaluating {split}: {batches.n_windows * n_seq:,} tokens, {modes}", file=sys.stderr, flush=True)
     loss = trainer.evaluate("standard")
     result: dict[str, Any] = {"tokens": batches.n_windows * n_seq, "loss": loss, "ppl": safe_exp(loss)}
     floor = corpus.loss_floor(n_seq, split)
