@@ -62,7 +62,7 @@ SPEED_SETTINGS = {
     "sample_tokens=128": ["koopman.sample_tokens=128"],
     "dmd.update_interval=4": ["dmd.update_interval=4"],
     "terms_interval=2": ["koopman.terms_interval=2"],
-    "terms_interval=2, dmd.update_interval=2": ["koopman.terms_interval=2", "dmd.update_interval=2"],
+    "sample_tokens=128, dmd.update_interval=4": ["koopman.sample_tokens=128", "dmd.update_interval=4"],
 }
 # Runs the first training step of `python -m kbk.run ARGS` and prints when it ended, counted from the process start.
 FIRST_STEP_PROBE = """
@@ -229,7 +229,9 @@ def default_run(tree: Path, args: list[str], outputs: Path, threads: int) -> dic
     subprocess.run([sys.executable, "-m", "kbk.run", *args], cwd=tree, env=kbk_env(outputs, threads),
                    capture_output=True, text=True, timeout=3600, check=True)
     wall = time.perf_counter() - t0
-    summaries = [json.loads(p.read_text()) for p in set(outputs.glob("**/summary.json")) - before]
+    # A job's own summary.json sits beside its .hydra folder (the copy logged to MLflow as an artifact does not).
+    summaries = [json.loads(p.read_text()) for p in set(outputs.glob("**/summary.json")) - before
+                 if (p.parent / ".hydra").is_dir()]
     train = sum(s["train_seconds"] for s in summaries)
     return {"wall_s": wall, "train_s": train, "outside": 1 - train / wall, "runs": len(summaries)}
 
@@ -253,7 +255,7 @@ def report(args, load: float, steps, gaps, evals, startup, runs) -> list[str]:
     lines = [
         "# Trial cost: Koopman learning, evaluation, start-up (CPU)",
         "",
-        f"- Command: `{' '.join(['python experiments/benchmarks/trial_cost.py', *args.argv])}`",
+        f"- Command: `{' '.join(['python experiments/benchmarks/trial_cost.py', *args.shown_argv])}`",
         f"- Date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}; torch {torch.__version__}, "
         f"{args.threads} torch thread(s) in-process and OMP_NUM_THREADS={args.threads} in subprocesses, "
         f"{platform.machine()}, {os.cpu_count()} CPUs, load average before: {load:.2f} (a shared machine: read the "
@@ -338,7 +340,9 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-runs", action="store_true", help="leave out sections 4 and 5 (subprocess runs)")
     parser.add_argument("--output", type=Path, default=Path(__file__).with_name("trial_cost_results.md"))
     args = parser.parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else list(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    # The command as a reader would rerun it: where the results file went is no part of the measurement.
+    args.shown_argv = [a for i, a in enumerate(given) if a != "--output" and (i == 0 or given[i - 1] != "--output")]
     if args.quick:
         args.rounds, args.gap_steps, args.eval_calls, args.startup_repeats = 3, 30, 1, 1
     torch.set_num_threads(args.threads)

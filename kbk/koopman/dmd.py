@@ -75,10 +75,9 @@ def ridge_operator(
     """
     gram, cross = gram.double(), cross.double()
     k = gram.shape[0]
-    eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
     trace = torch.trace(gram)
     lam = ridge * trace / k
-    system = gram + lam * eye
+    system = _plus_diagonal(gram, lam)
     if lazy_condition and ridge > 0 and 0 < float(trace) < math.inf and 1 + k / ridge <= max_condition:
         condition: float | Callable[[], float] = functools.partial(regularised_condition, system)
     else:
@@ -86,8 +85,15 @@ def ridge_operator(
         if not condition <= max_condition:  # also catches NaN
             return None, condition
     # K (G + λI) = H + λI  ⇔  (G + λI) Kᵀ = (H + λI)ᵀ, as G + λI is symmetric: one solve, no explicit inverse.
-    k_transposed = torch.linalg.solve(system, (cross + lam * eye).mT)
+    k_transposed = torch.linalg.solve(system, _plus_diagonal(cross, lam).mT)
     return k_transposed.mT, condition
+
+
+def _plus_diagonal(a: Tensor, value: Tensor) -> Tensor:
+    """`a + value · I` with one small op on the diagonal instead of building, scaling and adding an identity."""
+    out = a.clone()
+    out.diagonal().add_(value)
+    return out
 
 
 class StreamingDMD(torch.nn.Module):
