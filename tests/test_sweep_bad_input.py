@@ -121,8 +121,8 @@ def test_ctrl_c_during_a_sweep_is_one_line(tmp_path):
     from kbk.sweep.storage import open_storage
 
     outputs = tmp_path / "outputs"
-    args = [*GRID, "koopman.dim=choice(8,16)", *TINY, "trainer.max_steps=100000", "trainer.eval_every=2",
-            f"paths.outputs={outputs}"]
+    args = [*GRID, *TINY, "koopman.dim=choice(8,16)", "trainer.epochs=1000", "trainer.max_steps=100000",
+            "trainer.eval_every=2", f"paths.outputs={outputs}"]
     proc = subprocess.Popen(kbk_command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=clean_env(), cwd=PROJECT_ROOT)
     try:

@@ -16,7 +16,8 @@ decision re-reads the trials from the storage and follows rules that give all pr
   The grid is done when every point has a finished trial.
 - **Stale trials**: RUNNING trials of a dead sweeper process (see `workers.py`) are told FAIL
   (`kbk.stale`) and their parameters re-queued, by whichever process wins the `tell` (storages refuse to
-  finish a trial twice).
+  finish a trial twice); one whose job finished and recorded its objective (`kbk.result`) is told COMPLETE
+  from that record instead (`kbk.recovered`), and not trained again.
 - **Failures**: a crashed or non-finite trial is FAIL with `fail_reason`; the sweep stops when more than
   `max_failure_rate × budget` trials failed during this invocation.
 

@@ -5,7 +5,10 @@ through `hydra.job.env_set`) → check each composes → `launcher.launch(batch,
 number>)` → tell COMPLETE / PRUNED (the job raised `optuna.TrialPruned`) / FAIL (any other exception, or a
 non-finite objective; `fail_reason`). Job folders are named by trial number, so they stay unique across resumes.
 
-Before any trial: the study is created or loaded, its settings checked against this command's, this process
+First, before anything is created: every sweeper setting is checked, and the trial config of every distinct choice
+(and both ends of every interval) is composed and validated with the job's own checks; a mistake is one
+`kbk: error:` line and exit 2. Passwords in the storage URL or tracking.uri are kept out of what Hydra records.
+Then, before any trial: the study is created or loaded, its settings checked against this command's, this process
 registered (heartbeat), stale trials of dead processes failed and re-queued, and the MLflow parent run created
 (or reopened) with the store's schema and experiment. After: `optimization_results.yaml`, `results.csv` and
 `results.json` in the sweep folder, and the summary on the parent run.
@@ -52,6 +55,10 @@ LOCATION_KEYS = ("paths", "tracking", "hydra")
 VOLATILE_KEYS = ("trainer.resume", "trainer.log_checkpoint")
 #: A metric the parent's summary logs at step = finished trials: present at that step means summarized.
 SUMMARY_PROBE = "trials/complete"
+SUMMARY_CLAIM_PREFIX = "kbk.summary_by."
+#: Seconds for every sweeper process ending at the same time to write its claim (they notice the end within
+#: POLL_S of each other).
+SUMMARY_SETTLE_S = 3.0
 
 
 def metric_names(cfg: DictConfig) -> list[str]:
@@ -522,7 +529,7 @@ class _SweepRun:
             others = engine.status().running > 0
             # The process that ends the parent summarizes it, once per state of the study: not a process that
             # leaves trials to others, nor one that ends together with another that has just summarized.
-            if (failed or not others) and not self._summarized(st):
+            if (failed or not others) and not self._summarized(st) and self._claim_summary(st):
                 try:
                     self.parent.summarize(self.study, self.metrics, self.sweep_dir, plots=self.sweeper.plots)
                 except Exception as e:  # noqa: BLE001 (the trials are recorded; the summary is a convenience)
@@ -536,6 +543,22 @@ class _SweepRun:
         log.info("kbk sweep: results in %s", self.sweep_dir / "optimization_results.yaml")
         if failed:
             raise KbkError(self._failure_text(st))
+
+    def _claim_summary(self, st: Any) -> bool:
+        """Whether this process writes the summary of this state of the study. Processes ending together (the
+        last trial finishes while the others wait for it) each write their id under one key, wait until all have,
+        and the id that stands (the storage keeps the last write) is the one that summarizes."""
+        from kbk.sweep.workers import registered_workers
+
+        worker = self.engine.worker
+        key = f"{SUMMARY_CLAIM_PREFIX}{st.finished}"
+        self.study.set_user_attr(key, worker.id)
+        now = time.time()
+        others = [w for wid, w in registered_workers(self.study).items()
+                  if wid != worker.id and worker.stale_reason_of(wid, w, now) is None]
+        if others:
+            time.sleep(SUMMARY_SETTLE_S)
+        return self.study.user_attrs.get(key) == worker.id
 
     def _summarized(self, st: Any) -> bool:
         """The parent already holds the summary of this many finished trials (the count `summarize` logs)."""

@@ -132,10 +132,14 @@ class Worker:
         info = workers.get(owner)
         if info is None:
             return f"its sweeper process {owner} is unknown to the study"
+        return self.stale_reason_of(owner, info, now)
+
+    def stale_reason_of(self, worker_id: str, info: WorkerInfo, now: float) -> str | None:
+        """Why sweeper process `worker_id` counts as gone, or None while it may still be working."""
         if info.host == self.host and not process_alive(info.pid, info.start_ticks):
-            return f"its sweeper process {owner} (pid {info.pid}) is gone"
+            return f"its sweeper process {worker_id} (pid {info.pid}) is gone"
         if now - info.beat > self.grace_period:
-            return f"its sweeper process {owner} has not reported for {now - info.beat:.0f} s"
+            return f"its sweeper process {worker_id} has not reported for {now - info.beat:.0f} s"
         return None
 
 
