@@ -330,8 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         console = Console(width=max(100, Console().width), soft_wrap=False)
         run = f", MLflow run {result['run_id']}" if result["run_id"] else ""
-        console.print(f"{result['checkpoint']} (step {result['step']}{run}): {result['model']} on {result['data']}, "
-                      f"{result['device']}", highlight=False)
+        print(f"{result['checkpoint']} (step {result['step']}{run}): {result['model']} on {result['data']}, "
+              f"{result['device']}")
         for table in render_tables(result):
             console.print(table)
     return 0
