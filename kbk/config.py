@@ -381,7 +381,11 @@ def machine_memory(device: str) -> tuple[float, str]:
 
         if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
             index = int(device.split(":")[1]) if ":" in device else 0
-            if torch.cuda.is_available() and index < torch.cuda.device_count():
+            if torch.cuda.is_available():
+                if index >= torch.cuda.device_count():
+                    raise ConfigError(f"trainer.device={device!r} is not allowed: this machine has "
+                                      f"{torch.cuda.device_count()} CUDA device(s), cuda:0 to "
+                                      f"cuda:{torch.cuda.device_count() - 1}")
                 return float(torch.cuda.get_device_properties(index).total_memory), f"GPU cuda:{index}"
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "RAM"
 

@@ -5,11 +5,13 @@ or the Optuna storage. The end-to-end tests plant a password and grep everything
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import TINY, clean_env, kbk_command
+from conftest import TINY, clean_env, compose_kbk, kbk_command
+from omegaconf import OmegaConf
 from services import ServiceUnavailable, free_port, mlflow_server, postgres_server
 
 from kbk.paths import PROJECT_ROOT
@@ -44,6 +46,42 @@ def test_a_failing_run_does_not_print_or_leave_the_password(tmp_path):
     assert proc.returncode == 2 and "cannot be reached" in proc.stderr, proc.stderr[-3000:]
     assert PLANTED not in proc.stdout + proc.stderr
     assert not holders(outputs)
+
+
+def test_the_sweeper_keeps_a_storage_password_out_of_what_hydra_records(tmp_path, monkeypatch):
+    """The jobs get the storage URL from the environment, and the sweep's recorded overrides show it redacted; a
+    fixed override holding a password leaves the trial's (logged) overrides."""
+    from hydra.utils import instantiate
+
+    from kbk.sweep import ENV_STORAGE
+    from kbk.sweep.space import parse_space
+
+    storage = f"postgresql+psycopg2://kbk:{PLANTED}@db.example/kbk"
+    uri = f"http://kbk:{PLANTED}@mlflow.example:5000"
+    cfg = compose_kbk(["hparams_search=koopman_dim_grid", f"hydra.sweeper.storage={storage}", f"tracking.uri={uri}",
+                       f"paths.outputs={tmp_path}"], hydra=True)
+    sweeper = instantiate(cfg.hydra.sweeper)
+    sweeper.config = cfg
+    monkeypatch.delenv(ENV_STORAGE, raising=False)
+    space = parse_space(sweeper.params, [f"tracking.uri={uri}"])
+    secrets = sweeper._hide_secrets(storage, space)
+    assert secrets == [PLANTED, PLANTED] and os.environ[ENV_STORAGE] == storage
+    assert not any(PLANTED in o for o in space.fixed)
+    recorded = OmegaConf.to_yaml(cfg.hydra)
+    assert f"hydra.sweeper.storage={redact_url(storage)}" in recorded and f"tracking.uri={uri}" in recorded
+    assert PLANTED not in recorded.replace(f"tracking.uri={uri}", "")  # only the moved override, which jobs need
+
+
+def test_the_sweep_storage_can_come_from_the_environment(tmp_path, monkeypatch):
+    from hydra.utils import instantiate
+
+    from kbk.sweep import ENV_STORAGE
+
+    cfg = compose_kbk(["hparams_search=koopman_dim_grid", f"paths.outputs={tmp_path}"], hydra=True)
+    sweeper = instantiate(cfg.hydra.sweeper)
+    sweeper.config = cfg
+    monkeypatch.setenv(ENV_STORAGE, str(tmp_path / "elsewhere.journal"))
+    assert sweeper._checked_plan([]).storage_spec == str(tmp_path / "elsewhere.journal")
 
 
 def holders(*folders: Path) -> list[str]:
