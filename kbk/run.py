@@ -217,10 +217,9 @@ def run_locked(cfg: DictConfig, output_dir: Path, sweep: bool, cleanup) -> Any:
         from kbk.tracking.base import NullTracker
 
         trainer.tracker = NullTracker(report_hook=report_hook_from_env())
+        write_run_info(run_dir, None, output_dir)  # (start_tracking writes it for an MLflow run)
     else:
         trainer.tracker = tracker
-    if tracker is None:
-        write_run_info(run_dir, None, output_dir)
     with tracker if tracker is not None else contextlib.nullcontext():
         if tracker is not None:
             tracker.install_signal_handlers()
