@@ -3,7 +3,7 @@ MLflow run stay RUNNING, is a partial checkpoint left, is the resume's finding s
 
     python experiments/robustness/sigkill_before_checkpoint.py  # writes sigkill_before_checkpoint_results.md
 
-A run of 600 steps whose one evaluation (and checkpoint) is at the end is killed at 8 offsets after its MLflow run
+A run of 2000 steps whose one evaluation (and checkpoint) is at the end is killed at 10 offsets after its MLflow run
 exists (`ready to train`), from 0 s to the checkpoint's own write; each time the resumed command must end the
 killed run KILLED and finish a new one.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ["model.n_seq=16", "model.d_model=16", "model.n_layers=1", "koopman.dim=8", "koopman.sample_tokens=32",
        "trainer.batch_size=4", "data.n_train_tokens=4000", "data.n_val_tokens=1000", "data.vocab_size=32",
-       "trainer.epochs=100", "trainer.max_steps=600", "trainer.eval_every=100000"]
-OFFSETS_S = [0.0, 0.2, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0]
+       "trainer.epochs=100", "trainer.max_steps=2000", "trainer.eval_every=100000"]
+OFFSETS_S = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 1.0]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
