@@ -92,7 +92,7 @@ def findings(comparison: Comparison) -> list[str]:
     lines = []
     for rec in comparison.differences.to_dict("records"):
         group = ", ".join(f"{k}={rec[k]}" for k in comparison.group_by)
-        p = places[rec["metric"]]
+        p = tables.difference_places(rec["ci_low"], rec["ci_high"], places[rec["metric"]])
         ci = tables.interval(rec["ci_low"], rec["ci_high"], p)
         how = f"paired over {rec['n']} seeds" if rec["paired"] else f"unpaired, n={rec['n']}"
         if rec["excludes_zero"]:
@@ -119,7 +119,7 @@ def settings_block(selection: Selection, group_by: Sequence[str]) -> list[str]:
 
 
 def write_report(selection: Selection, comparison: Comparison, out: Path, *, sweep: str, question: str | None,
-                 command: str) -> Path:
+                 command: str, reproduce: str | None = None) -> Path:
     from kbk.compare.__main__ import curves
     from kbk.compare.plots import plot_metrics
 
@@ -133,7 +133,8 @@ def write_report(selection: Selection, comparison: Comparison, out: Path, *, swe
     plot_metrics(finished, comparison.group_by, comparison.metrics, out / "metrics.png", f"sweep {sweep}",
                  comparison.confidence)
     curves(comparison, comparison.metrics, out / "curves.png")
-    reproduce = _cell(parent.get("tags.kbk.command")) if parent is not None else "—"
+    if reproduce is None:
+        reproduce = _cell(parent.get("tags.kbk.command")) if parent is not None else "—"
     ns = sorted({int(n) for n in comparison.summary["n"]})
     lines = [f"# Study: {sweep}", ""]
     swept = ", ".join(f"`{k}`" for k in comparison.group_by) or "nothing"
@@ -198,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--metric", nargs="+", help="metrics (default: val/ppl val/ppl_koopman)")
     p.add_argument("--group-by", nargs="*", help="params to group by (default: the sweep's search space)")
     p.add_argument("--question", help="the question the study answers (first line of the report)")
+    p.add_argument("--reproduce", help="the command that reproduces the study, e.g. its run.sh (default: the "
+                                       "sweep command recorded on the parent run)")
     p.add_argument("--uri", help="tracking URI (default: the SQLite store under outputs/)")
     p.add_argument("--experiment", default="kbk")
     p.add_argument("--confidence", type=float, default=0.95)
@@ -213,7 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         comparison = compare_runs(finished, args.group_by, args.metric, args.baseline, args.confidence)
         out = args.out or outputs_dir() / "reports" / args.sweep
         command = " ".join(["python -m kbk.report", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
-        path = write_report(selection, comparison, out, sweep=args.sweep, question=args.question, command=command)
+        path = write_report(selection, comparison, out, sweep=args.sweep, question=args.question, command=command,
+                            reproduce=args.reproduce)
         print(f"wrote {path}")
         if not args.no_log:
             run_id = log_on_parent(selection, out)

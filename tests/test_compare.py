@@ -132,3 +132,11 @@ def test_geometric_values_get_a_log_axis():
 
     assert is_geometric([128, 256, 512]) and is_geometric([16, 64, 256, 1024])
     assert not is_geometric([100, 200, 300]) and not is_geometric([0, 1, 2, 4])
+
+
+def test_a_difference_near_zero_keeps_two_significant_digits():
+    from kbk.compare.tables import difference_places, interval
+
+    p = difference_places(0.034, 0.93, 1)
+    assert p == 3 and interval(0.034, 0.93, p) == "[0.034, 0.930]"  # not "[0.0, 0.9]", which reads as touching 0
+    assert difference_places(2.5, 3.6, 1) == 1 and difference_places(float("nan"), 1.0, 1) == 1

@@ -24,6 +24,15 @@ def decimals(values: Sequence[float], digits: int = 4) -> int:
     return max(0, min(6, digits - 1 - math.floor(math.log10(float(np.median(finite))))))
 
 
+def difference_places(low: float, high: float, places: int) -> int:
+    """Enough decimals that an interval bound near zero keeps two significant digits (so `[0.03, 0.9]` is not
+    shown as `[0.0, 0.9]`, which reads as touching zero)."""
+    bounds = [abs(b) for b in (low, high) if math.isfinite(b) and b != 0]
+    if not bounds:
+        return places
+    return max(places, min(6, 1 - math.floor(math.log10(min(bounds)))))
+
+
 def number(value: float, places: int) -> str:
     if value is None or not math.isfinite(value):
         return DASH
@@ -65,7 +74,7 @@ def wide(summary: pd.DataFrame, group_by: Sequence[str], differences: pd.DataFra
             key = tuple(rec[k] for k in group_by)
             mark = " *" if rec["excludes_zero"] else ""
             how = "" if rec["paired"] else " (unpaired)"
-            p = places[rec["metric"]]
+            p = difference_places(rec["ci_low"], rec["ci_high"], places[rec["metric"]])
             rows[key][f"Δ {rec['metric']}"] = (f"{signed(rec['diff'], p)} {interval(rec['ci_low'], rec['ci_high'], p)}"
                                                f"{mark}{how}")
     return pd.DataFrame(list(rows.values())).fillna(DASH)

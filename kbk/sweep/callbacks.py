@@ -110,7 +110,7 @@ class MultirunParent(Callback):
         self._tracker = MlflowTracker.start(
             uri, experiment, run_name=f"multirun-{sweep_dir.name}", flush_interval_s=None,
             tags={ROLE_TAG: "sweep", "kbk.sweep": self.sweep_name, "kbk.sweep_dir": str(sweep_dir),
-                  "kbk.overrides": " ".join(overrides)[:8000], **({COMMAND_TAG: command} if command else {})},
+                  "kbk.overrides": " ".join(overrides)[:8000], COMMAND_TAG: command},
         )
         # The swept overrides are the search space (`kbk.compare` groups by them), the rest the fixed settings.
         self._tracker.log_params(space)

@@ -412,7 +412,7 @@ class _SweepRun:
     def _open_parent(self, settings: dict[str, str]) -> None:
         from kbk.paths import outputs_dir
         from kbk.sweep.factories import as_mapping, pruner_spec
-        from kbk.sweep.parent import SweepParent
+        from kbk.sweep.parent import COMMAND_TAG, SweepParent, sweep_command
         from kbk.tracking.store import resolve_tracking_uri
 
         cfg = self.sweeper.config
@@ -424,7 +424,7 @@ class _SweepRun:
         pruner = {k: v for k, v in pruner_spec(self.sweeper.pruner_cfg).items() if v is not None}
         tags = {"kbk.sweep": self.study.study_name, "kbk.sweep_dir": str(self.sweep_dir),
                 "kbk.n_trials": str(self.engine.budget), "kbk.sampler": json.dumps(sampler, default=str),
-                "kbk.pruner": json.dumps(pruner, default=str)}
+                "kbk.pruner": json.dumps(pruner, default=str), COMMAND_TAG: sweep_command(cfg.hydra)}
         self.parent = SweepParent.open(uri, tracking.get("experiment", "kbk"), self.study, params=settings,
                                        tags=tags)
         self.env[ENV_PARENT_RUN] = self.parent.run_id

@@ -35,19 +35,13 @@ COMMAND_TAG = "kbk.command"
 _IMPLIED_OVERRIDES = ("hydra.mode=", "hydra.job.env_set", "++hydra.job.env_set", "+hydra.job.env_set")
 
 
-def sweep_command(hydra_cfg: Any = None) -> str | None:
+def sweep_command(hydra_cfg: Any) -> str:
     """`python -m kbk.run -m <overrides>` of the running sweep, from Hydra's record of its command line in
-    `hydra_cfg` (default: the running app's; URL passwords redacted); None outside a Hydra app."""
+    `hydra_cfg` (the composed config's `hydra` node; URL passwords redacted)."""
     import shlex
-
-    from hydra.core.hydra_config import HydraConfig
 
     from kbk.tracking.store import redact_url
 
-    if hydra_cfg is None:
-        if not HydraConfig.initialized():
-            return None
-        hydra_cfg = HydraConfig.get()
     recorded = hydra_cfg.overrides
     overrides = [str(o) for o in (*recorded.hydra, *recorded.task) if not str(o).startswith(_IMPLIED_OVERRIDES)]
     shown = []
@@ -85,10 +79,8 @@ class SweepParent:
                 log.warning("cannot reopen the sweep's parent run %s (%s); creating a new one",
                             stored["run_id"], e)
         if tracker is None:
-            command = sweep_command()
             tracker = MlflowTracker.start(uri, experiment, run_name=f"sweep-{study.study_name}",
-                                          tags={**tags, ROLE_TAG: "sweep", **({COMMAND_TAG: command} if command
-                                                                              else {})}, flush_interval_s=None)
+                                          tags={**tags, ROLE_TAG: "sweep"}, flush_interval_s=None)
             study.set_user_attr(PARENT_ATTR, {"uri": shown_uri, "experiment": experiment, "run_id": tracker.run_id})
             log.info("sweep parent run %s created in %s", tracker.run_id, shown_uri)
         tracker.log_params(params)
