@@ -88,6 +88,14 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
         time.sleep(0.2)
 
 
+def trial_run_running(out: Path) -> bool:
+    """A trial's MLflow run exists and is RUNNING (a kill now leaves it RUNNING, for the resume to settle)."""
+    try:
+        return any(r.info.status == "RUNNING" and "optuna.trial_number" in r.data.tags for r in mlflow_runs(out))
+    except Exception:  # noqa: BLE001 (the store or experiment is still being created)
+        return False
+
+
 def study_state(path: Path, name: str) -> Counter:
     if not path.exists():
         return Counter()
@@ -328,7 +336,7 @@ def test_killed_sweep_resumes_with_one_finished_trial_per_point(tmp_path):
     try:
         wait_for(lambda: (c := study_state(journal, "koopman_dim_grid"))["COMPLETE"] >= 1 and c["RUNNING"] >= 1,
                  300, "a finished and a running trial", proc)
-        time.sleep(1.0)  # well inside the running trial
+        wait_for(lambda: trial_run_running(out), 300, "the running trial's MLflow run", proc)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
