@@ -6,7 +6,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from kbk.sweep.callbacks import summarize_children, swept_overrides
-from kbk.sweep.parent import sweep_command
+from kbk.sweep.parent import redact_override, sweep_command
 from kbk.tracking.mlflow_tracker import MlflowTracker
 
 
@@ -23,6 +23,11 @@ def test_sweep_command_redacts_passwords_and_drops_what_hydra_adds():
     assert command.startswith("python -m kbk.run -m 'hydra.sweeper.storage=postgresql://u:***@db/optuna'")
     assert "koopman.dim=16,32" in command and "http://me:***@host:5000" in command
     assert "s3cret" not in command and "pw2" not in command and "MULTIRUN" not in command
+
+
+def test_overrides_recorded_on_the_parent_carry_no_password():
+    assert redact_override("tracking.uri=http://me:pw2@host:5000") == "tracking.uri=http://me:***@host:5000"
+    assert redact_override("koopman.dim=16,32") == "koopman.dim=16,32"
 
 
 def test_multirun_parent_gets_results_and_best_values(tmp_path):

@@ -22,7 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from kbk.sweep import ENV_PARENT_RUN, ENV_SWEEP
-from kbk.sweep.parent import COMMAND_TAG, ROLE_TAG, sweep_command
+from kbk.sweep.parent import COMMAND_TAG, ROLE_TAG, redact_override, sweep_command
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class MultirunParent(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         self.sweep_name = f"{config.get('name', 'kbk')}/{sweep_dir.name}"
         ensure_experiment(uri, experiment)
-        overrides = [str(o) for o in config.hydra.overrides.task]
+        overrides = [redact_override(str(o)) for o in config.hydra.overrides.task]
         space = swept_overrides(overrides)
         command = sweep_command(config.hydra)
         self._tracker = MlflowTracker.start(

@@ -40,15 +40,17 @@ def sweep_command(hydra_cfg: Any) -> str:
     `hydra_cfg` (the composed config's `hydra` node; URL passwords redacted)."""
     import shlex
 
-    from kbk.tracking.store import redact_url
-
     recorded = hydra_cfg.overrides
     overrides = [str(o) for o in (*recorded.hydra, *recorded.task) if not str(o).startswith(_IMPLIED_OVERRIDES)]
-    shown = []
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        shown.append(f"{key}{sep}{redact_url(value)}" if "://" in value else override)
-    return " ".join(["python -m kbk.run -m", *map(shlex.quote, shown)])
+    return " ".join(["python -m kbk.run -m", *map(shlex.quote, map(redact_override, overrides))])
+
+
+def redact_override(override: str) -> str:
+    """`key=scheme://user:PW@host` → `key=scheme://user:***@host`; other overrides unchanged."""
+    from kbk.tracking.store import redact_url
+
+    key, sep, value = override.partition("=")
+    return f"{key}{sep}{redact_url(value)}" if "://" in value else override
 
 
 class SweepParent:
