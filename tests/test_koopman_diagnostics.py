@@ -183,7 +183,7 @@ def test_plot_eigenvalues_writes_a_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert data[12:16] == b"IHDR"
     width, height = struct.unpack(">II", data[16:24])
-    assert width == height == 500
+    assert (width, height) == (1000, 520)  # the full spectrum beside the zoom on λ = 1
 
 
 def test_importing_the_koopman_modules_does_not_import_matplotlib():

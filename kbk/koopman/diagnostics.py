@@ -138,25 +138,35 @@ def koopman_operator_stats(
     return stats
 
 
-def plot_eigenvalues(operators: Mapping[str, Tensor], path: str | Path) -> Path:
-    """Scatter each operator's eigenvalues (a colour per layer) against the unit circle; PNG at `path`."""
+def plot_eigenvalues(operators: Mapping[str, Tensor], path: str | Path, zoom: float = 0.3) -> Path:
+    """Each operator's eigenvalues (a colour per layer) against the unit circle, beside a zoom on λ = 1 (where a
+    near-identity operator puts most of them, and where stability is decided: |λ| > 1 grows); PNG at `path`."""
     # The object-oriented Figure API renders with Agg and touches no global pyplot state or backend.
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5, 5))
-    ax = fig.subplots()
-    theta = torch.linspace(0, 2 * math.pi, 361)
-    ax.plot(theta.cos(), theta.sin(), color="black", linewidth=0.8, label="|λ| = 1")
-    for name, K in operators.items():
-        lam = eigenvalues(K)
-        ax.scatter(lam.real, lam.imag, s=8, alpha=0.7, label=f"{name} (ρ = {float(lam.abs().max()):.3f})")
-    ax.axhline(0, color="grey", linewidth=0.5)
-    ax.axvline(0, color="grey", linewidth=0.5)
-    ax.set_aspect("equal")
-    ax.set_xlabel("Re λ")
-    ax.set_ylabel("Im λ")
-    ax.set_title("Koopman operator eigenvalues")
-    ax.legend(loc="upper right", fontsize="small")
+    fig = Figure(figsize=(10, 5.2), layout="constrained")
+    full, near_one = fig.subplots(1, 2)
+    theta = torch.linspace(0, 2 * math.pi, 721)
+    spectra = {name: eigenvalues(K) for name, K in operators.items()}
+    for ax in (full, near_one):
+        ax.plot(theta.cos(), theta.sin(), color="black", linewidth=0.8, label="|λ| = 1")
+        for name, lam in spectra.items():
+            ax.scatter(lam.real, lam.imag, s=10, alpha=0.6, linewidths=0,
+                       label=f"{name} (ρ = {float(lam.abs().max()):.3f})")
+        ax.axhline(0, color="grey", linewidth=0.5)
+        ax.axvline(0, color="grey", linewidth=0.5)
+        ax.set_aspect("equal")
+        ax.set_xlabel("Re λ")
+        ax.set_ylabel("Im λ")
+        ax.grid(True, alpha=0.3)
+    near_one.set_xlim(1 - zoom, 1 + zoom)
+    near_one.set_ylim(-zoom, zoom)
+    full.set_title("eigenvalues")
+    near_one.set_title(f"near λ = 1 (±{zoom:g})")
+    handles, labels = full.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), fontsize="small",
+               frameon=False)
+    fig.suptitle("Koopman operator eigenvalues")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=100)
