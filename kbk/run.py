@@ -237,6 +237,7 @@ def run_locked(cfg: DictConfig, output_dir: Path, sweep: bool, cleanup) -> Any:
             tracker.defer_signals()  # training is done: a stop now waits for the artifacts and the FINISHED run
         summary["config_hash"] = run_hash
         write_json(output_dir / "summary.json", summary)
+        write_plots(trainer, output_dir / "plots")  # in the run folder with or without a tracker
         if tracker is not None:
             log_artifacts(tracker, cfg, settings, trainer, output_dir, summary)
     console.print_summary(summary)
@@ -391,21 +392,24 @@ def refuse_foreign_run(uri: str, run_id: str, params: dict[str, str]) -> None:
         )
 
 
-def log_artifacts(tracker, cfg: DictConfig, settings, trainer, output_dir: Path, summary: dict[str, Any]) -> None:
+def write_plots(trainer, plots: Path) -> None:
+    """Training curves and, with Koopman operators, their eigenvalues, as PNG files in `plots`."""
     from kbk.koopman.diagnostics import plot_eigenvalues
     from kbk.tracking.plots import plot_training_curves
 
-    tracker.log_text(OmegaConf.to_yaml(redacted(cfg, known_secrets(cfg)), resolve=True), "config.yaml")
-    hydra_dir = output_dir / ".hydra"
-    if hydra_dir.is_dir():
-        tracker.log_artifact(hydra_dir, ".hydra")
-    plots = output_dir / "plots"
-    plots.mkdir(exist_ok=True)
+    plots.mkdir(parents=True, exist_ok=True)
     plot_training_curves(trainer.history, plots / "training_curves.png")
     if trainer.has_koopman:
         operators = {f"layer {i}": d.operator.detach().cpu() for i, d in enumerate(trainer.model.koopman_dynamics())}
         plot_eigenvalues(operators, plots / "eigenvalues.png")
-    tracker.log_artifact(plots, "plots")
+
+
+def log_artifacts(tracker, cfg: DictConfig, settings, trainer, output_dir: Path, summary: dict[str, Any]) -> None:
+    tracker.log_text(OmegaConf.to_yaml(redacted(cfg, known_secrets(cfg)), resolve=True), "config.yaml")
+    hydra_dir = output_dir / ".hydra"
+    if hydra_dir.is_dir():
+        tracker.log_artifact(hydra_dir, ".hydra")
+    tracker.log_artifact(output_dir / "plots", "plots")
     tracker.log_dict(summary, "summary.json")
     if trainer.epoch_table:
         tracker.log_dict({"epochs": trainer.epoch_table}, "epoch_table.json")
