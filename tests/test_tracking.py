@@ -435,6 +435,7 @@ def test_report_calls_the_hook(store_uri: str, experiment: str):
     assert calls == [(1.0, 0), (0.5, 1), (1 / 3, 2)]
     run = tracker.client.get_run(tracker.run_id)
     assert run.info.status == "KILLED" and run.data.tags["kbk.end_reason"] == "pruned: at step 2"
+    assert run.data.tags["kbk.outcome"] == "pruned" and run.info.run_name == "reported (pruned)"  # not a crash
     with MlflowTracker.start(store_uri, experiment, "no-hook") as plain:
         plain.report(1.0, 0)  # default: does nothing
 

@@ -57,6 +57,8 @@ MAX_PARAMS_TAGS_PER_BATCH = 100
 
 LONG_PARAMS_ARTIFACT = "params_long.json"
 END_REASON_TAG = "kbk.end_reason"
+#: How the run ended, finer than MLflow's status: `pruned` runs end KILLED like a stopped run, but are not crashes.
+OUTCOME_TAG = "kbk.outcome"
 RESUMES_TAG = "kbk.resumes"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -311,6 +313,19 @@ class MlflowTracker:
         """True once `end()` (or `detach()`) was called: this tracker logs no more."""
         return self._ended
 
+    def mark_pruned(self) -> None:
+        """Tag the run `kbk.outcome=pruned` and name it `<name> (pruned)`: in the MLflow UI a pruned trial (status
+        KILLED, as MLflow has no other) then reads apart from a crashed or stopped one."""
+        try:
+            name = self.client.get_run(self.run_id).info.run_name or ""
+            tags = {OUTCOME_TAG: "pruned"}
+            if not name.endswith("(pruned)"):
+                tags["mlflow.runName"] = f"{name} (pruned)".strip()
+            for key, value in tags.items():
+                self._store("tag the pruned run", self.client.set_tag, self.run_id, key, value)
+        except TrackingError:
+            pass  # a label only: the run still ends KILLED with its reason
+
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
         """Flush, then mark the run `status` (FINISHED, FAILED or KILLED); `reason` goes to the tag
         `kbk.end_reason`. A second call does nothing. Restores signal handlers this tracker installed."""
@@ -368,6 +383,7 @@ class MlflowTracker:
             else:
                 self.end("KILLED", reason=f"SystemExit({code})")
         elif type(exc).__name__ == "TrialPruned":
+            self.mark_pruned()
             self.end("KILLED", reason=f"pruned: {exc}" if str(exc) else "pruned")
         else:
             try:
