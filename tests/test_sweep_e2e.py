@@ -212,6 +212,7 @@ def test_pruned_trial_is_pruned_in_optuna_and_killed_in_mlflow(hydra_sweep_runne
     killed = by_number[pruned.number]
     assert killed.info.status == "KILLED"
     assert killed.data.tags["kbk.end_reason"].startswith("pruned: pruned by MedianPruner at step 3")
+    assert killed.data.tags["kbk.outcome"] == "pruned" and killed.info.run_name.endswith("(pruned)")
 
 
 def test_nan_and_crashing_trials_fail_with_reasons_and_the_sweep_goes_on(hydra_sweep_runner, tmp_path):
