@@ -236,8 +236,8 @@ def render(rows, strat_rows, load_before, load_after, seconds) -> str:
         "- exact: `resolvent_diagonal(diag, z)` (chunked scans, exact custom backward); causal: "
         "`causal_resolvent_diagonal` (the model's default, one direction only). sequential: a plain "
         "autograd Python loop over positions computing the same G (complex64; `sequential_reference` in the "
-        "script, two ops per position and direction; the original project's 'about 2.9 s' for a plain autograd loop was "
-        "not measured with this loop).",
+        "script, two ops per position and direction; the original project's 'about 2.9 s' for a plain autograd "
+        "loop was not measured with this loop).",
         "- Errors are max-norm relative: max |x - ref| / max |ref|.",
         "",
         "| N | exact c64 median (min) ms | µs per token-position | exact c128 median (min) ms | "
