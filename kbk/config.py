@@ -172,6 +172,13 @@ class KbkConfig:
     seed: int = 0
     optimized_metric: Any = "val/ppl"  # a metric name, or a list of names for several objectives
     name: str = "kbk"
+    # The user's labels for the MLflow run: not settings, so not part of the config hash nor of a sweep's settings.
+    tags: list[str] = field(default_factory=list)  # words, or key=value strings
+    notes: str | None = None  # the run's description in the MLflow UI
+
+
+#: Root keys that label a run without changing what it computes.
+LABEL_KEYS = ("tags", "notes")
 
 
 def register_configs() -> None:
@@ -233,6 +240,9 @@ RULES: list[tuple[str, Any, str]] = [
     ("trainer.resume", lambda v: isinstance(v, bool) or (isinstance(v, str) and v != ""),
      "true, false, or a checkpoint path"),
     ("tracking.backend", lambda v: v in ("mlflow", "none"), "one of mlflow, none"),
+    ("tags", lambda v: all(re.fullmatch(r"[\w.\- /]+(=.*)?", t) and not t.startswith(("kbk.", "mlflow.")) for t in v),
+     "a list of words or key=value strings, keys of letters, digits, '_', '-', '.', ' ', '/', not starting with "
+     "kbk. or mlflow. (e.g. 'tags=[baseline,"owner=ana"]', a key=value quoted)"),
 ]
 
 

@@ -22,7 +22,7 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from kbk.config import register_configs
+from kbk.config import LABEL_KEYS, register_configs
 from kbk.errors import KbkError
 from kbk.paths import CONF_DIR, register_resolvers
 
@@ -155,8 +155,8 @@ def redact_files(folder: Path, secrets: list[str]) -> None:
 def identity(cfg: DictConfig) -> dict[str, Any]:
     """What makes two runs the same experiment: the config minus where things are written and how to resume."""
     plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    plain.pop("paths", None)
-    plain.pop("tracking", None)
+    for key in ("paths", "tracking", *LABEL_KEYS):
+        plain.pop(key, None)
     plain["trainer"].pop("resume", None)
     plain["trainer"].pop("log_checkpoint", None)
     return plain
@@ -320,6 +320,8 @@ def start_tracking(settings, cfg: DictConfig, output_dir: Path, run_hash: str, c
         end_orphan_run(uri, left_running)
     params = flatten(OmegaConf.to_container(redacted(cfg, known_secrets(cfg)), resolve=True, enum_to_str=True))
     params.pop("trainer.resume", None)  # the one value that differs between a run and its resumption
+    for key in [k for k in params if k.split(".")[0] in LABEL_KEYS]:
+        params.pop(key)  # logged as tags, and free to change on a resumption
     if resumed_run:
         # Where things are written and stored (paths, tracking, log_checkpoint) may change between a run and its
         # resumption, as they are not part of the config hash: the continued run keeps the values it started with.
@@ -334,7 +336,8 @@ def start_tracking(settings, cfg: DictConfig, output_dir: Path, run_hash: str, c
         tags["kbk.sweep"] = os.environ[ENV_SWEEP]
     if trial:
         tags["optuna.trial_number"] = trial
-    name = settings.tracking.run_name or (f"trial-{trial}" if trial else f"{settings.name}-{run_hash[:8]}")
+    tags.update(user_tags(settings.tags, settings.notes))
+    name = settings.tracking.run_name or (f"trial-{trial}" if trial else run_name(typed_overrides(), run_hash))
     tracker = MlflowTracker.start(
         uri, settings.tracking.experiment, run_name=name, tags=tags,
         parent_run_id=os.environ.get(ENV_PARENT_RUN) or None,
@@ -350,6 +353,42 @@ def start_tracking(settings, cfg: DictConfig, output_dir: Path, run_hash: str, c
         tracker.end("FAILED", reason=str(exc))  # never leave the run RUNNING (nothing else would end it)
         raise
     return tracker
+
+
+def user_tags(labels: list[str], notes: str | None) -> dict[str, str]:
+    """The MLflow tags of `tags=[...]` and `notes=...`: the words together as `kbk.tags=a,b` (one tag to filter on:
+    `tags.kbk.tags LIKE '%baseline%'`), each `key=value` as its own tag, notes as the run's description."""
+    words = [t for t in labels if "=" not in t]
+    tags = dict(t.split("=", 1) for t in labels if "=" in t)
+    if words:
+        tags["kbk.tags"] = ",".join(words)
+    if notes:
+        tags["mlflow.note.content"] = notes
+    return tags
+
+
+#: Overrides that do not say what a run computes (where it is written, how it is tracked or resumed, its labels).
+UNNAMED_KEYS = ("paths", "tracking", "hydra", "trainer.resume", "trainer.log_checkpoint", *LABEL_KEYS)
+RUN_NAME_CHARS = 60
+
+
+def typed_overrides() -> list[str]:
+    """The overrides the user typed (Hydra's `hydra.overrides.task`); [] outside a Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def run_name(overrides: list[str], run_hash: str) -> str:
+    """`model=small,koopman.dim=512-<hash8>`: what the user changed, cut at RUN_NAME_CHARS, then the config hash
+    (two runs with the same name differ in a setting that is not in it); `default-<hash8>` with no overrides.
+    Keys that may hold a secret (tracking.uri) are among the ones left out."""
+    def named(override: str) -> bool:
+        key = override.lstrip("+~").split("=", 1)[0]
+        return not any(key == k or key.startswith(f"{k}.") for k in UNNAMED_KEYS)
+
+    shown = [o.lstrip("+") for o in overrides if named(o)]
+    return f"{','.join(shown)[:RUN_NAME_CHARS] or 'default'}-{run_hash[:8]}"
 
 
 def end_orphan_run(uri: str, run_id: str) -> None:

@@ -5,7 +5,7 @@ failure tolerance and stale-trial settings).
       sweeper:
         sampler: {name: tpe, seed: 0}         # tpe | grid | random | cmaes | nsgaii | qmc, or {_target_: ...}
         direction: minimize                   # or a list, one per optimized_metric name
-        study_name: null                      # null: kbk-<hash of the sweep's settings>
+        study_name: null                      # null: kbk-<hash of the sweep's settings>; auto: <preset>-<hash>
         storage: null                         # null: <outputs>/optuna/<study_name>.journal
         n_trials: 20                          # TOTAL finished (COMPLETE + PRUNED) trials; null: the whole grid
         n_jobs: 1                             # trials per launcher batch

@@ -33,6 +33,7 @@ from typing import Any
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
+from kbk.config import LABEL_KEYS
 from kbk.errors import ConfigError, KbkError
 from kbk.sweep import ENV_PARENT_RUN, ENV_PRUNER, ENV_STORAGE, ENV_STUDY, ENV_SWEEP, ENV_TRIAL
 from kbk.tracking.store import redact_text, url_password
@@ -74,7 +75,7 @@ def sweep_settings(cfg: DictConfig, space: dict[str, str], directions: list[str]
     from kbk.tracking.run_info import flatten
 
     task = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)  # `ridge`, as the trials log it
-    for key in LOCATION_KEYS:
+    for key in (*LOCATION_KEYS, *LABEL_KEYS):  # labels (tags, notes) may differ between a sweep's commands
         task.pop(key, None)
     flat = {k: v for k, v in flatten(task).items() if k not in VOLATILE_KEYS}
     flat.update({f"sweep.params.{k}": v for k, v in space.items()})
@@ -96,6 +97,17 @@ def check_settings(study: Any, settings: dict[str, str], storage: str) -> None:
         f"Fix: run the same command to resume it, or pass hydra.sweeper.study_name=<a new name> to start "
         f"another study."
     )
+
+
+def study_name_of(name: str | None, settings: dict[str, str], preset: str | None) -> str:
+    """`hydra.sweeper.study_name` resolved: null is `kbk-<hash of the sweep's settings>`, `auto` the same hash after
+    the hparams_search preset's name, so a changed setting starts a new study and the same command resumes it."""
+    from kbk.tracking.run_info import config_hash
+
+    if name and name != "auto":
+        return name
+    prefix = (preset or "kbk") if name == "auto" else "kbk"
+    return f"{prefix}-{config_hash(settings)[:10]}"
 
 
 def check_study_name(name: str) -> None:
@@ -228,7 +240,6 @@ class KbkOptunaSweeperImpl(Sweeper):
         from kbk.sweep.factories import as_mapping, directions_of, is_grid, make_pruner, pruner_spec, sampler_name
         from kbk.sweep.space import parse_space
         from kbk.sweep.storage import resolve_storage
-        from kbk.tracking.run_info import config_hash
 
         cfg = self.config
         metrics = metric_names(cfg)
@@ -250,7 +261,8 @@ class KbkOptunaSweeperImpl(Sweeper):
         if grid:
             space.grid()  # a continuous parameter in a grid fails here
         settings = sweep_settings(cfg, space.signature(), directions)
-        study_name = self.study_name or f"kbk-{config_hash(settings)[:10]}"
+        preset = OmegaConf.select(cfg, "hydra.runtime.choices.hparams_search", default=None)
+        study_name = study_name_of(self.study_name, settings, preset)
         check_study_name(study_name)
         storage = self.storage or os.environ.get(ENV_STORAGE) or None  # the environment keeps a password out of files
         storage_spec = resolve_storage(storage, outputs_dir(cfg.paths.outputs), study_name)
