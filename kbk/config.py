@@ -242,7 +242,7 @@ RULES: list[tuple[str, Any, str]] = [
     ("tracking.backend", lambda v: v in ("mlflow", "none"), "one of mlflow, none"),
     ("tags", lambda v: all(re.fullmatch(r"[\w.\- /]+(=.*)?", t) and not t.startswith(("kbk.", "mlflow.")) for t in v),
      "a list of words or key=value strings, keys of letters, digits, '_', '-', '.', ' ', '/', not starting with "
-     "kbk. or mlflow. (e.g. 'tags=[baseline,"owner=ana"]', a key=value quoted)"),
+     "kbk. or mlflow. (e.g. 'tags=[baseline,\"owner=ana\"]': a key=value in quotes)"),
 ]
 
 
