@@ -99,7 +99,8 @@ def trainer_options(cfg: KbkConfig) -> TrainerOptions:
         eval_every=t.eval_every, eval_batches=t.eval_batches, log_every=t.log_every,
         checkpoint_every=t.checkpoint_every, fallback_threshold=t.fallback_threshold, max_nan_steps=t.max_nan_steps,
         diagnostics_tokens=t.diagnostics_tokens, layerwise_eval=t.layerwise_eval,
-        layerwise_tokens=t.layerwise_tokens, device=resolve_device(t.device),
+        layerwise_tokens=t.layerwise_tokens, device=resolve_device(t.device), lr_schedule=t.lr_schedule,
+        warmup_steps=t.warmup_steps, min_lr=t.min_lr, grad_accum_steps=t.grad_accum_steps,
     )
 
 

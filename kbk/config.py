@@ -144,6 +144,10 @@ class TrainerConfig:
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", …
     resume: Any = False  # false | true (this run's checkpoint) | a path to a checkpoint
     log_checkpoint: bool = False  # also store the final checkpoint as an MLflow artifact
+    lr_schedule: str = "constant"  # "constant" | "cosine" (to min_lr at the last optimiser step), after the warm-up
+    warmup_steps: int = 0  # optimiser steps of linear warm-up from 0 to lr
+    min_lr: float = 0.0  # where "cosine" ends
+    grad_accum_steps: int = 1  # micro-batches of batch_size per optimiser step
 
 
 @dataclass
@@ -227,6 +231,10 @@ RULES: list[tuple[str, Any, str]] = [
     ("trainer.max_steps", lambda v: v is None or v > 0, "an integer > 0, or null"),
     ("trainer.batch_size", lambda v: v > 0, "an integer > 0"),
     ("trainer.lr", lambda v: v > 0, "a number > 0"),
+    ("trainer.lr_schedule", lambda v: v in ("constant", "cosine"), "one of constant, cosine"),
+    ("trainer.warmup_steps", lambda v: v >= 0, "an integer >= 0 (0: no warm-up)"),
+    ("trainer.min_lr", lambda v: v >= 0, "a number >= 0"),
+    ("trainer.grad_accum_steps", lambda v: v > 0, "an integer > 0 (1: one batch per optimiser step)"),
     ("trainer.weight_decay", lambda v: v >= 0, "a number >= 0"),
     ("trainer.grad_clip", lambda v: v > 0, "a number > 0"),
     ("trainer.eval_every", lambda v: v is None or v > 0, "an integer > 0, or null for once per epoch"),
@@ -306,6 +314,11 @@ def validate(cfg: Any) -> None:
     if total is not None and _get(cfg, "schedule.warmup") > total:
         raise ConfigError(
             f"schedule.warmup={_get(cfg, 'schedule.warmup')} is not allowed: it must be <= schedule.total={total}"
+        )
+    if _get(cfg, "trainer.min_lr") > _get(cfg, "trainer.lr"):
+        raise ConfigError(
+            f"trainer.min_lr={_get(cfg, 'trainer.min_lr')} is not allowed: it must be <= trainer.lr="
+            f"{_get(cfg, 'trainer.lr')} (where the cosine schedule ends)"
         )
     metric = _get(cfg, "optimized_metric")
     names = [metric] if isinstance(metric, str) else list(metric) if metric is not None else []

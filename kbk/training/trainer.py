@@ -7,6 +7,13 @@ a non-finite Koopman loss switches Koopman learning off for the rest of the run;
 clipped at `grad_clip`; a non-finite LM loss skips the update, and `max_nan_steps` of them in a row stop training
 with `TrainingDiverged`.
 
+Learning rate: `lr_schedule` "constant" or "cosine" after a linear warm-up of `warmup_steps` from 0 (`lr_factor`),
+stepped once per optimiser step and checkpointed. Gradient accumulation: with `grad_accum_steps` n, one optimiser
+step takes n micro-batches, each loss divided by n, so the summed gradient is that of one batch n times as big;
+`step` and every "step" metric count optimiser steps. The Koopman terms are computed and their fallbacks judged per
+micro-batch, with the weight of the optimiser step; DMD runs once per optimiser step, after it, fed the lifted
+pairs of all its micro-batches.
+
 Determinism: every random draw of training comes from the global RNG, whose state is checkpointed with the data
 position; evaluation draws nothing from it. So a resumed run reproduces an uninterrupted one exactly on CPU, and
 changing the evaluation cadence does not change the training trajectory.
@@ -14,8 +21,10 @@ changing the evaluation cadence does not change the training trajectory.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,6 +65,30 @@ class TrainerOptions:
     layerwise_eval: bool = True  # at the end: Koopman mode and layer-skip one layer at a time
     layerwise_tokens: int | None = 8192  # the first validation tokens those use; None = all
     device: str = "cpu"
+    lr_schedule: str = "constant"  # "constant" | "cosine" (to min_lr at the last step), after the warm-up
+    warmup_steps: int = 0  # optimiser steps of linear warm-up from 0 to lr
+    min_lr: float = 0.0  # where "cosine" ends
+    grad_accum_steps: int = 1  # micro-batches per optimiser step
+
+
+def lr_factor(step: int, options: TrainerOptions, total_steps: int) -> float:
+    """The multiple of `options.lr` at optimiser step `step` (0-based): `step / warmup_steps` during the warm-up,
+    then 1 ("constant") or a half cosine from 1 to `min_lr / lr` at the last step, `total_steps - 1` ("cosine")."""
+    warmup = options.warmup_steps
+    if step < warmup:
+        return step / warmup
+    if options.lr_schedule == "constant":
+        return 1.0
+    floor = options.min_lr / options.lr
+    progress = min(1.0, (step - warmup) / max(1, total_steps - 1 - warmup))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def micro_batch_groups(batches, size: int):
+    """The micro-batches of one optimiser step at a time (the last group of an epoch may be smaller)."""
+    batches = iter(batches)
+    while group := list(itertools.islice(batches, size)):
+        yield group
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -95,6 +128,9 @@ class HybridTrainer:
         self.loss_floor = loss_floor
         self.on_eval = on_eval
         self.optimizer = self._build_optimizer()
+        total = self.total_steps
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, self.options, total))
         # Where training stands; all of it is checkpointed.
         self.step = 0
         self.epoch = 0
@@ -138,15 +174,19 @@ class HybridTrainer:
 
     @property
     def total_steps(self) -> int:
-        per_epoch = len(self.train_batches) * self.options.epochs
-        return min(per_epoch, self.options.max_steps) if self.options.max_steps is not None else per_epoch
+        per_epoch = -(-len(self.train_batches) // self.options.grad_accum_steps)  # optimiser steps
+        total = per_epoch * self.options.epochs
+        return min(total, self.options.max_steps) if self.options.max_steps is not None else total
 
     def progress(self) -> float:
         """Where the weight schedule stands: the 0-based epoch, or the step, as the schedule counts."""
         return float(self.epoch) if self.schedule.unit == "epoch" else float(self.step)
 
     # ---------------------------------------------------------------- one step
-    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor,
+                   *more: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        """One optimiser step on the micro-batch `inputs, targets` and the `(inputs, targets)` pairs in `more`
+        (gradient accumulation); the metrics are the means over the micro-batches."""
         model, opts = self.model, self.options
         model.train()
         t0 = time.perf_counter()
@@ -155,61 +195,76 @@ class HybridTrainer:
         # koopman.terms_interval: the Koopman loss on every n-th step; the steps between only feed DMD its pairs.
         full = collect and self.step % self.model.koopman_options.terms_interval == 0
         weight = self.schedule.weight(progress) if full else 0.0
-        logits, terms = self._forward(inputs, koopman_terms=collect, pairs_only=collect and not full)
-        loss_lm = lm_loss(logits, targets)
-        metrics: dict[str, float] = {"train/loss_lm": loss_lm.item()}
-        if not torch.isfinite(loss_lm):
-            self.events["nan_lm_skipped"] += 1
-            self.nan_streak += 1
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.nan_streak >= opts.max_nan_steps:
-                raise TrainingDiverged(
-                    f"the language-model loss was non-finite for {self.nan_streak} steps in a row (last at step "
-                    f"{self.step}): lower trainer.lr or raise trainer.max_nan_steps"
-                )
-            return metrics
-        self.nan_streak = 0
-        loss_total = loss_lm
-        if full and terms:
-            loss_k = torch.stack([t["total"] for t in terms]).mean()
-            if not torch.isfinite(loss_k):
-                self.koopman_enabled = False
-                self.events["koopman_disabled"] = 1
-                weight, collect = 0.0, False
-            else:
-                if loss_k.item() > opts.fallback_threshold:
-                    weight /= 10.0
-                    self.events["koopman_weight_cut"] += 1
-                loss_total = loss_lm + weight * loss_k
-                for name in ("linear", "recon", "pred"):
-                    metrics[f"train/koopman_{name}"] = torch.stack([t[name] for t in terms]).mean().item()
-            metrics["train/loss_koopman"] = loss_k.item()
-        else:
-            metrics["train/loss_koopman"] = 0.0
+        micro_batches = [(inputs, targets), *more]
+        n = len(micro_batches)
+        sums: dict[str, float] = {}
+        pairs: list[list[dict[str, torch.Tensor]]] = []  # each micro-batch's terms, for DMD
         self.optimizer.zero_grad(set_to_none=True)
-        loss_total.backward()
+        for x, y in micro_batches:
+            logits, terms = self._forward(x, koopman_terms=collect, pairs_only=collect and not full)
+            loss_lm = lm_loss(logits, y)
+            if not torch.isfinite(loss_lm):
+                return self._skip_non_finite(loss_lm.item())
+            metrics = {"train/loss_lm": loss_lm.item(), "train/loss_koopman": 0.0}
+            loss_total, used_weight = loss_lm, weight
+            if collect and full and terms:
+                loss_k = torch.stack([t["total"] for t in terms]).mean()
+                if not torch.isfinite(loss_k):
+                    self.koopman_enabled = False
+                    self.events["koopman_disabled"] = 1
+                    weight = used_weight = 0.0
+                    collect = False
+                else:
+                    if loss_k.item() > opts.fallback_threshold:
+                        used_weight = weight / 10.0
+                        self.events["koopman_weight_cut"] += 1
+                    loss_total = loss_lm + used_weight * loss_k
+                    for name in ("linear", "recon", "pred"):
+                        metrics[f"train/koopman_{name}"] = torch.stack([t[name] for t in terms]).mean().item()
+                metrics["train/loss_koopman"] = loss_k.item()
+            (loss_total / n).backward()
+            if collect:
+                pairs.append(terms)
+            metrics.update({"train/loss_total": loss_total.item(), "train/koopman_weight": used_weight})
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value
+        self.nan_streak = 0
         torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip, foreach=True)
         self.optimizer.step()
-        if collect:
-            metrics["perf/dmd_ms"] = self._update_operators(terms)
+        metrics = {key: value / n for key, value in sums.items()}
+        if pairs:
+            metrics["perf/dmd_ms"] = self._update_operators(pairs)
         step_s = time.perf_counter() - t0
         self.train_seconds += step_s
         metrics.update({
-            "train/loss_total": loss_total.item(),
-            "train/koopman_weight": weight,
+            "train/lr": self.optimizer.param_groups[0]["lr"],
             "train/phase": float(PHASE_CODES[self.schedule.phase(progress)]),
             "perf/step_ms": 1000.0 * step_s,
-            "perf/tokens_per_s": inputs.numel() / step_s,
+            "perf/tokens_per_s": sum(x.numel() for x, _ in micro_batches) / step_s,
         })
         return metrics
 
+    def _skip_non_finite(self, loss_lm: float) -> dict[str, float]:
+        """A non-finite language-model loss: no update this step; too many in a row is `TrainingDiverged`."""
+        self.events["nan_lm_skipped"] += 1
+        self.nan_streak += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.nan_streak >= self.options.max_nan_steps:
+            raise TrainingDiverged(
+                f"the language-model loss was non-finite for {self.nan_streak} steps in a row (last at step "
+                f"{self.step}): lower trainer.lr or raise trainer.max_nan_steps"
+            )
+        return {"train/loss_lm": loss_lm}
+
     @torch.no_grad()
-    def _update_operators(self, terms: list[dict[str, torch.Tensor]]) -> float:
-        """Feed the DMD buffers and let DMD write the operators it owns; returns the time it took (ms)."""
+    def _update_operators(self, pairs: list[list[dict[str, torch.Tensor]]]) -> float:
+        """Feed the DMD buffers every micro-batch's terms (one list per micro-batch, one entry per layer) and let
+        DMD write the operators it owns; returns the time it took (ms)."""
         t0 = time.perf_counter()
         owner = self.model.koopman_options.operator_update
-        for dyn, t in zip(self.model.koopman_dynamics(), terms, strict=True):
-            dyn.dmd.push(t["z"], t["z_next"])
+        for layer, dyn in enumerate(self.model.koopman_dynamics()):
+            for terms in pairs:
+                dyn.dmd.push(terms[layer]["z"], terms[layer]["z_next"])
             if owner == "gradient":
                 continue
             accepted = dyn.dmd.step(dyn.operator)
@@ -334,10 +389,15 @@ class HybridTrainer:
         opts = self.options
         eval_metrics: dict[str, float] = {}
         while self.epoch < opts.epochs and not self._out_of_steps():
-            for inputs, targets in self.train_batches.epoch(self.epoch, start_batch=self.batch_in_epoch):
-                metrics = self.train_step(inputs.to(self.device), targets.to(self.device))
+            batches = self.train_batches.epoch(self.epoch, start_batch=self.batch_in_epoch)
+            for group in micro_batch_groups(batches, opts.grad_accum_steps):
+                on_device = [(x.to(self.device), y.to(self.device)) for x, y in group]
+                metrics = self.train_step(*on_device[0], *on_device[1:])
+                with warnings.catch_warnings():  # after a skipped (non-finite) step: the lr follows the step count
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`", UserWarning)
+                    self.lr_scheduler.step()
                 self.step += 1
-                self.batch_in_epoch += 1
+                self.batch_in_epoch += len(group)
                 self._accumulate(metrics)
                 if self.step % opts.log_every == 0:
                     self._log_window()
@@ -378,7 +438,7 @@ class HybridTrainer:
         return self.options.max_steps is not None and self.step >= self.options.max_steps
 
     def _tokens_per_step(self) -> int:
-        return self.train_batches.batch_size * self.train_batches.n_seq
+        return self.train_batches.batch_size * self.train_batches.n_seq * self.options.grad_accum_steps
 
     def _accumulate(self, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
@@ -434,6 +494,7 @@ class HybridTrainer:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
             "schedule": self.schedule.state_dict(),
             "options": asdict(self.options),
             "position": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch},
@@ -453,6 +514,7 @@ class HybridTrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.schedule.load_state_dict(state["schedule"])
         pos = state["position"]
         self.step, self.epoch, self.batch_in_epoch = pos["step"], pos["epoch"], pos["batch_in_epoch"]
