@@ -176,7 +176,7 @@ def run_locked(cfg: DictConfig, output_dir: Path, sweep: bool, cleanup) -> Any:
     from kbk.errors import TrainingError
     from kbk.tracking.run_info import config_hash
     from kbk.training.checkpoint import CheckpointFolderLock, remove_partial_checkpoints, seed_everything
-    from kbk.training.trainer import HybridTrainer, TrainingDiverged
+    from kbk.training.trainer import HybridTrainer, TrainingDiverged, optimizer_steps
 
     # Everything that can be wrong with the input fails here, before a run exists anywhere.
     try:
@@ -190,7 +190,7 @@ def run_locked(cfg: DictConfig, output_dir: Path, sweep: bool, cleanup) -> Any:
         train_batches, val_batches = build.batches(settings, data)
         model = build.model(settings, data.vocab_size)
         options = build.trainer_options(settings)
-        total_steps = min(len(train_batches) * options.epochs, options.max_steps or 1 << 62)
+        total_steps = optimizer_steps(len(train_batches), options)  # what the Koopman schedule spans
         run_dir = build.outputs_dir(settings.paths.outputs) / "checkpoints" / run_hash
         cleanup.enter_context(CheckpointFolderLock(run_dir))  # one process per config at a time
         remove_partial_checkpoints(run_dir)  # left by a process killed while writing one

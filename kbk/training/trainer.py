@@ -84,6 +84,13 @@ def lr_factor(step: int, options: TrainerOptions, total_steps: int) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def optimizer_steps(batches_per_epoch: int, options: TrainerOptions) -> int:
+    """The optimiser steps of a whole run: `grad_accum_steps` batches each (fewer at an epoch's end), at most
+    `max_steps`."""
+    total = -(-batches_per_epoch // options.grad_accum_steps) * options.epochs
+    return min(total, options.max_steps) if options.max_steps is not None else total
+
+
 def micro_batch_groups(batches, size: int):
     """The micro-batches of one optimiser step at a time (the last group of an epoch may be smaller)."""
     batches = iter(batches)
@@ -174,9 +181,7 @@ class HybridTrainer:
 
     @property
     def total_steps(self) -> int:
-        per_epoch = -(-len(self.train_batches) // self.options.grad_accum_steps)  # optimiser steps
-        total = per_epoch * self.options.epochs
-        return min(total, self.options.max_steps) if self.options.max_steps is not None else total
+        return optimizer_steps(len(self.train_batches), self.options)
 
     def progress(self) -> float:
         """Where the weight schedule stands: the 0-based epoch, or the step, as the schedule counts."""
