@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import test_sweep_e2e as e2e
 from conftest import TINY, compose_kbk, mlflow_runs
 from hydra.utils import instantiate
 from omegaconf import open_dict
@@ -110,3 +111,21 @@ def test_study_name_auto_resumes_the_same_command_and_changes_with_a_setting(tmp
     assert planned_study_name(tmp_path, [*command, "tags=[baseline]", "notes=again"]) == name
     assert planned_study_name(tmp_path, [*command, "trainer.lr=0.002"]) != name
     assert planned_study_name(tmp_path, ["hparams_search=tpe_pruned"]) == "tpe_pruned"  # presets keep theirs
+
+
+@pytest.mark.slow
+def test_every_trial_of_an_auto_named_sweep_carries_the_labels(hydra_sweep_runner, tmp_path):
+    out = tmp_path / "out"
+    overrides = ["hparams_search=koopman_dim_grid", "koopman.dim=choice(8,16)", "hydra.sweeper.study_name=auto",
+                 "tags=[baseline,'owner=ana']", "notes=first try", *e2e.TINY, f"paths.outputs={out}"]
+    with e2e.sweep(hydra_sweep_runner, overrides, tmp_path / "sweep"):
+        pass
+    parent, children = e2e.parent_and_children(e2e.mlflow_runs(out))
+    study = parent.data.tags["kbk.sweep"]
+    assert study.startswith("koopman_dim_grid-") and study != "koopman_dim_grid-"
+    assert e2e.load_study(out, study).user_attrs  # the journal is named after the resolved study, not `auto`
+    assert sorted(r.info.run_name for r in children) == ["trial-0", "trial-1"]
+    for child in children:
+        tags = child.data.tags
+        assert (tags["kbk.tags"], tags["owner"], tags["mlflow.note.content"]) == ("baseline", "ana", "first try")
+        assert tags["kbk.sweep"] == study
