@@ -380,15 +380,16 @@ def typed_overrides() -> list[str]:
 
 
 def run_name(overrides: list[str], run_hash: str) -> str:
-    """`model=small,koopman.dim=512-<hash8>`: what the user changed, cut at RUN_NAME_CHARS, then the config hash
-    (two runs with the same name differ in a setting that is not in it); `default-<hash8>` with no overrides.
+    """`model=small,koopman.dim=512 #<hash8>`: what the user changed, cut at RUN_NAME_CHARS, then the config hash
+    (two runs with the same name differ in a setting that is not in it; `#` so it never reads as part of the last
+    value); `default #<hash8>` with no overrides.
     Keys that may hold a secret (tracking.uri) are among the ones left out."""
     def named(override: str) -> bool:
         key = override.lstrip("+~").split("=", 1)[0]
         return not any(key == k or key.startswith(f"{k}.") for k in UNNAMED_KEYS)
 
     shown = [o.lstrip("+") for o in overrides if named(o)]
-    return f"{','.join(shown)[:RUN_NAME_CHARS] or 'default'}-{run_hash[:8]}"
+    return f"{','.join(shown)[:RUN_NAME_CHARS] or 'default'} #{run_hash[:8]}"
 
 
 def end_orphan_run(uri: str, run_id: str) -> None:

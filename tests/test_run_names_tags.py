@@ -31,16 +31,16 @@ def test_run_name_is_the_overrides_that_change_the_computation():
     typed = ["model=small", "koopman.dim=512", "paths.outputs=/tmp/x", "tracking.uri=postgresql://u:secret@h/db",
              "tracking=none", "+hydra.sweeper.storage=sqlite:///s.db", "trainer.resume=true",
              "trainer.log_checkpoint=true", "tags=[baseline]", "notes=first try", "+model.extra=1"]
-    assert run_name(typed, HASH) == "model=small,koopman.dim=512,model.extra=1-01234567"
+    assert run_name(typed, HASH) == "model=small,koopman.dim=512,model.extra=1 #01234567"
 
 
 def test_run_name_without_overrides_is_default_and_a_long_one_is_cut():
-    assert run_name([], HASH) == "default-01234567"
-    assert run_name(["paths.outputs=/tmp/x"], HASH) == "default-01234567"
+    assert run_name([], HASH) == "default #01234567"
+    assert run_name(["paths.outputs=/tmp/x"], HASH) == "default #01234567"
     long = [f"koopman.dim={n}" for n in range(100, 120)]
-    assert run_name(long, HASH) == ",".join(long)[:60] + "-01234567"
+    assert run_name(long, HASH) == ",".join(long)[:60] + " #01234567"
     # A key that only starts like a left-out one is kept.
-    assert run_name(["trainer.resume_from_x=1", "pathsy=2"], HASH) == "trainer.resume_from_x=1,pathsy=2-01234567"
+    assert run_name(["trainer.resume_from_x=1", "pathsy=2"], HASH) == "trainer.resume_from_x=1,pathsy=2 #01234567"
 
 
 # ------------------------------------------------------------------------------------------------ tags, notes
@@ -80,7 +80,7 @@ def test_a_tracked_run_carries_the_tags_notes_and_a_name_from_its_overrides(tmp_
     assert tags["mlflow.note.content"] == "first try"
     run_hash = config_hash(identity(task_config([*TINY, f"paths.outputs={outputs}"])))
     assert tags["kbk.config_hash"] == run_hash  # the labels did not change the run's identity
-    assert run.info.run_name == f"{','.join(TINY)[:60]}-{run_hash[:8]}"
+    assert run.info.run_name == f"{','.join(TINY)[:60]} #{run_hash[:8]}"
     assert not {k for k in run.data.params if k.startswith(("tags", "notes"))}  # tags, not params
 
 
