@@ -399,7 +399,7 @@ class HybridTrainer:
                 on_device = [(x.to(self.device), y.to(self.device)) for x, y in group]
                 metrics = self.train_step(*on_device[0], *on_device[1:])
                 with warnings.catch_warnings():  # after a skipped (non-finite) step: the lr follows the step count
-                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`", UserWarning)
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
                     self.lr_scheduler.step()
                 self.step += 1
                 self.batch_in_epoch += len(group)
