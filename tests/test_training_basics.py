@@ -69,6 +69,22 @@ def test_a_resumed_run_continues_the_same_lr_schedule(tmp_path):
     assert logged_lrs(resumed) == logged_lrs(uninterrupted)
 
 
+def test_a_checkpoint_from_before_lr_schedules_resumes_on_the_same_schedule(tmp_path):
+    uninterrupted = cosine_trainer(tmp_path / "a", checkpoint_every=3)
+    uninterrupted.fit()
+    crashed = cosine_trainer(tmp_path / "b", checkpoint_every=3, tracker=CrashAt(8))
+    with pytest.raises(KeyboardInterrupt):
+        crashed.fit()
+    path = crashed.checkpoint_path
+    state = torch.load(path, weights_only=False)
+    del state["lr_scheduler"]  # as kbk wrote checkpoints before trainer.lr_schedule existed
+    torch.save(state, path)
+    resumed = cosine_trainer(tmp_path / "b", checkpoint_every=3)
+    resumed.resume()
+    resumed.fit()
+    assert logged_lrs(resumed) == pytest.approx(logged_lrs(uninterrupted), rel=1e-12, abs=1e-15)
+
+
 def plain_model() -> KoopmanResNetBKLM:
     """No dropout and no Koopman terms: a batch's gradient is the mean of its windows' gradients."""
     torch.manual_seed(0)

@@ -519,9 +519,15 @@ class HybridTrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self.schedule.load_state_dict(state["schedule"])
         pos = state["position"]
+        if "lr_scheduler" in state:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        else:  # a checkpoint from before lr schedules: the schedule is a function of the step alone
+            self.lr_scheduler.last_epoch = pos["step"]
+            factor = lr_factor(pos["step"], self.options, self.total_steps)
+            for group, base in zip(self.optimizer.param_groups, self.lr_scheduler.base_lrs, strict=True):
+                group["lr"] = base * factor
+        self.schedule.load_state_dict(state["schedule"])
         self.step, self.epoch, self.batch_in_epoch = pos["step"], pos["epoch"], pos["batch_in_epoch"]
         self.koopman_enabled = state["koopman_enabled"]
         self.nan_streak = state["nan_streak"]
