@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from kbk.compare import Comparison, compare_runs, stats, tables
-from kbk.compare.select import Selection, is_factor, select, swept_params
+from kbk.compare import Comparison, compare_runs, labelled, stats, tables
+from kbk.compare.select import Selection, is_factor, select
 from kbk.errors import KbkError
 
 #: Per-layer diagnostics shown in the report (logged as `koopman/<layer>/<name>` at the final evaluation).
@@ -210,9 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kbk.paths import outputs_dir
 
         selection = sweep_selection(args.uri, args.experiment, args.sweep)
-        finished = selection.runs[selection.runs["status"] == "FINISHED"].reset_index(drop=True)
-        finished.attrs.update(swept=swept_params(selection), uri=selection.uri, experiment=args.experiment,
-                              sweep=args.sweep)
+        finished = labelled(selection.runs[selection.runs["status"] == "FINISHED"].reset_index(drop=True), selection,
+                            args.sweep)
         comparison = compare_runs(finished, args.group_by, args.metric, args.baseline, args.confidence)
         out = args.out or outputs_dir() / "reports" / args.sweep
         command = " ".join(["python -m kbk.report", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])

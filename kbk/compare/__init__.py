@@ -34,8 +34,13 @@ def runs(uri: str | None = None, experiment: str = "kbk", *, sweep: str | None =
     """The selected runs as `mlflow.search_runs` gives them (sweep parents left out); `attrs["swept"]` holds the
     keys that were swept (the parent's search space, or the params that differ)."""
     selection = select(uri, experiment, sweep=sweep, parent=parent, filter_string=filter, status=status)
-    frame = selection.runs
-    frame.attrs.update(swept=swept_params(selection), uri=selection.uri, experiment=experiment, sweep=sweep)
+    return labelled(selection.runs, selection, sweep)
+
+
+def labelled(frame: pd.DataFrame, selection: Selection, sweep: str | None = None) -> pd.DataFrame:
+    """`frame` (runs of `selection`) with what a comparison needs to know about it in `frame.attrs`."""
+    frame.attrs.update(swept=swept_params(selection), uri=selection.uri, experiment=selection.experiment,
+                       sweep=sweep)
     return frame
 
 
