@@ -154,3 +154,16 @@ def artifact_paths(db: Path, run_id: str) -> set[str]:
         for info in client.list_artifacts(run_id, folders.pop()):
             (folders.append(info.path) if info.is_dir else found.add(info.path))
     return found
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    """A PostgreSQL server and an MLflow tracking server on loopback, shared by a module's tests (skips the
+    module's tests that use them where they cannot start)."""
+    from services import ServiceUnavailable, mlflow_server, postgres_server
+
+    try:
+        with postgres_server() as pg, mlflow_server(tmp_path_factory.mktemp("mlflow")) as server:
+            yield pg, server
+    except ServiceUnavailable as e:
+        pytest.skip(str(e))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY, clean_env, compose_kbk, kbk_command
 from omegaconf import OmegaConf
-from services import ServiceUnavailable, free_port, mlflow_server, postgres_server
+from services import free_port
 
 from kbk.paths import PROJECT_ROOT
 from kbk.tracking.store import check_server, redact_text, redact_url, url_password
@@ -111,15 +111,6 @@ def everything_in_mlflow(uri: str) -> str:
                 local = Path(client.download_artifacts(run.info.run_id, "", tmp))
                 parts += [p.read_text(errors="replace") for p in local.rglob("*") if p.is_file()]
     return "\n".join(parts)
-
-
-@pytest.fixture(scope="module")
-def services(tmp_path_factory):
-    try:
-        with postgres_server() as pg, mlflow_server(tmp_path_factory.mktemp("mlflow")) as server:
-            yield pg, server
-    except ServiceUnavailable as e:
-        pytest.skip(str(e))
 
 
 def with_password(url: str) -> str:

@@ -11,7 +11,6 @@ from collections import Counter
 import optuna
 import pytest
 from optuna.trial import TrialState
-from services import ServiceUnavailable, mlflow_server, postgres_server
 
 from kbk.paths import PROJECT_ROOT
 
@@ -21,15 +20,6 @@ MODEL = ["model=tiny", "model.n_seq=16", "model.d_model=16", "model.n_layers=1",
          "trainer.batch_size=4", "trainer.layerwise_eval=false"]
 DATA = ["data.n_train_tokens=4000", "data.n_val_tokens=1000", "data.vocab_size=32"]
 DIMS = (8, 12, 16, 24)
-
-
-@pytest.fixture(scope="module")
-def services(tmp_path_factory):
-    try:
-        with postgres_server() as pg, mlflow_server(tmp_path_factory.mktemp("mlflow")) as server:
-            yield pg, server
-    except ServiceUnavailable as e:
-        pytest.skip(str(e))
 
 
 def test_two_workers_on_postgresql_and_a_tracking_server(services, tmp_path):

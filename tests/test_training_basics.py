@@ -56,12 +56,18 @@ def test_the_default_schedule_keeps_lr_constant():
     assert all(g["lr"] == LR for g in trainer.optimizer.param_groups)
 
 
-def test_a_resumed_run_continues_the_same_lr_schedule(tmp_path):
+def crash_mid_decay(tmp_path) -> tuple[HybridTrainer, HybridTrainer]:
+    """(an uninterrupted cosine run, the same run stopped at step 8 with checkpoints every 3 steps)."""
     uninterrupted = cosine_trainer(tmp_path / "a", checkpoint_every=3)
     uninterrupted.fit()
     crashed = cosine_trainer(tmp_path / "b", checkpoint_every=3, tracker=CrashAt(8))
     with pytest.raises(KeyboardInterrupt):
         crashed.fit()
+    return uninterrupted, crashed
+
+
+def test_a_resumed_run_continues_the_same_lr_schedule(tmp_path):
+    uninterrupted, _ = crash_mid_decay(tmp_path)
     resumed = cosine_trainer(tmp_path / "b", checkpoint_every=3)
     resumed.resume()
     assert resumed.step == 6  # the last checkpoint before the crash, mid-decay
@@ -70,11 +76,7 @@ def test_a_resumed_run_continues_the_same_lr_schedule(tmp_path):
 
 
 def test_a_checkpoint_from_before_lr_schedules_resumes_on_the_same_schedule(tmp_path):
-    uninterrupted = cosine_trainer(tmp_path / "a", checkpoint_every=3)
-    uninterrupted.fit()
-    crashed = cosine_trainer(tmp_path / "b", checkpoint_every=3, tracker=CrashAt(8))
-    with pytest.raises(KeyboardInterrupt):
-        crashed.fit()
+    uninterrupted, crashed = crash_mid_decay(tmp_path)
     path = crashed.checkpoint_path
     state = torch.load(path, weights_only=False)
     del state["lr_scheduler"]  # as kbk wrote checkpoints before trainer.lr_schedule existed
