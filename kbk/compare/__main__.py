@@ -83,11 +83,11 @@ def curves_path(args) -> Path:
 def curves(comparison, metrics: Sequence[str], path: Path) -> Path:
     from kbk.compare.plots import plot_curves
     from kbk.compare.select import metric_histories
-    from kbk.compare.stats import _groups
+    from kbk.compare.stats import grouped_runs
 
     histories = metric_histories(comparison.runs.attrs["uri"], list(comparison.runs["run_id"]), metrics)
     grouped = {key: {m: [histories[r][m] for r in rows["run_id"] if not histories[r][m].empty] for m in metrics}
-               for key, rows in _groups(comparison.runs, comparison.group_by)}
+               for key, rows in grouped_runs(comparison.runs, comparison.group_by)}
     return plot_curves(grouped, comparison.group_by, metrics, path, comparison.title, comparison.confidence)
 
 

@@ -50,7 +50,7 @@ def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0
     return diff, diff - half, diff + half
 
 
-def _groups(runs: pd.DataFrame, group_by: Sequence[str]):
+def grouped_runs(runs: pd.DataFrame, group_by: Sequence[str]):
     """(key tuple, rows) per group, in a natural order (numbers by value, then strings)."""
     if not group_by:
         return [((), runs)]
@@ -86,7 +86,7 @@ def summary(runs: pd.DataFrame, group_by: Sequence[str], metrics: Sequence[str],
     `n` counts the runs of the group that logged the metric; with n = 1 the std and interval are NaN.
     """
     records = []
-    for key, rows in _groups(runs, group_by):
+    for key, rows in grouped_runs(runs, group_by):
         for metric in metrics:
             values = metric_values(rows, metric)
             mean, std, low, high = t_interval(values, confidence)
@@ -129,7 +129,7 @@ def differences(runs: pd.DataFrame, group_by: Sequence[str], metrics: Sequence[s
     missing = [k for k in baseline if k not in group_by]
     if missing:
         raise ValueError(f"the baseline names {missing}, which are not grouped by ({', '.join(group_by) or 'none'})")
-    groups = _groups(runs, group_by)
+    groups = grouped_runs(runs, group_by)
 
     def is_baseline(key: tuple) -> bool:
         return all(_matches(str(key[group_by.index(k)]), v) for k, v in baseline.items())
