@@ -128,7 +128,7 @@ def known_secrets(cfg: DictConfig) -> list[str]:
     """Passwords this job knows (in tracking.uri, in the sweep's storage URL): never written by kbk. Better kept out
     of the config altogether: MLFLOW_TRACKING_USERNAME/PASSWORD for a server, ~/.pgpass for PostgreSQL."""
     from kbk.sweep import ENV_STORAGE
-    from kbk.tracking.store import url_password
+    from kbk.urls import url_password
 
     uri = OmegaConf.select(cfg, "tracking.uri", default=None)
     return [p for p in (url_password(uri), url_password(os.environ.get(ENV_STORAGE))) if p]
@@ -138,13 +138,13 @@ def redacted(cfg: DictConfig, secrets: list[str]) -> DictConfig:
     """`cfg` resolved, with every secret replaced by `***` (for printing and logging)."""
     if not secrets:
         return cfg
-    from kbk.tracking.store import redact_text
+    from kbk.urls import redact_text
 
     return OmegaConf.create(redact_text(OmegaConf.to_yaml(cfg, resolve=True), secrets))
 
 
 def redact_files(folder: Path, secrets: list[str]) -> None:
-    from kbk.tracking.store import redact_text
+    from kbk.urls import redact_text
 
     for path in sorted(folder.glob("*.yaml")) if secrets else []:
         text = path.read_text()

@@ -25,7 +25,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,9 @@ from typing import Any
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
-from kbk.config import LABEL_KEYS
 from kbk.errors import ConfigError, KbkError
 from kbk.sweep import ENV_PARENT_RUN, ENV_PRUNER, ENV_STORAGE, ENV_STUDY, ENV_SWEEP, ENV_TRIAL
-from kbk.tracking.store import redact_text, url_password
+from kbk.urls import redact_text, redact_url, url_password
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +50,6 @@ SETUP_WAIT_S = 120.0
 STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 #: Seconds between looks at the study while other processes run the last trials.
 POLL_S = 1.0
-#: Config keys that say where things go rather than what is computed: they may differ between resumes.
-LOCATION_KEYS = ("paths", "tracking", "hydra")
-VOLATILE_KEYS = ("trainer.resume", "trainer.log_checkpoint")
 #: A metric the parent's summary logs at step = finished trials: present at that step means summarized.
 SUMMARY_PROBE = "trials/complete"
 SUMMARY_CLAIM_PREFIX = "kbk.summary_by."
@@ -70,30 +66,33 @@ def metric_names(cfg: DictConfig) -> list[str]:
 
 
 def sweep_settings(cfg: DictConfig, space: dict[str, str], directions: list[str]) -> dict[str, str]:
-    """What makes two sweeper commands the same study: the task config (without locations), the search space and
-    the directions. Stored on the study; a later command with other settings is refused (`check_settings`)."""
-    from kbk.tracking.run_info import flatten
+    """What makes two sweeper commands the same study: the experiment (`kbk.identity`), the search space and the
+    directions. Stored on the study; a later command with other settings is refused (`check_settings`)."""
+    from kbk.identity import experiment_settings
 
-    task = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)  # `ridge`, as the trials log it
-    for key in (*LOCATION_KEYS, *LABEL_KEYS):  # labels (tags, notes) may differ between a sweep's commands
-        task.pop(key, None)
-    flat = {k: v for k, v in flatten(task).items() if k not in VOLATILE_KEYS}
+    flat = experiment_settings(cfg)
     flat.update({f"sweep.params.{k}": v for k, v in space.items()})
     flat["sweep.directions"] = json.dumps(directions)
     return dict(sorted(flat.items()))
 
 
-def check_settings(study: Any, settings: dict[str, str], storage: str) -> None:
-    from kbk.sweep.storage import _redact
+def check_settings(study: Any, settings: dict[str, str], storage: str,
+                   defaults: Callable[[], dict[str, str]] | None = None) -> None:
+    """Refuse a study made with other settings. `defaults()`: the settings without the user's overrides, asked
+    for only when the study lacks a key (one kbk gained since): a key at its default is the same experiment."""
+    from kbk.identity import changed_settings
 
     stored = study.user_attrs.get(SETTINGS_ATTR)
     if not stored or stored == settings:
         return
-    keys = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+    new_keys = defaults is not None and any(k not in stored for k in settings)
+    keys = changed_settings(stored, settings, defaults() if new_keys else None)
+    if not keys:
+        return
     shown = "; ".join(f"{k} (study: {stored.get(k, '<unset>')}, now: {settings.get(k, '<unset>')})" for k in keys[:8])
     more = f"; and {len(keys) - 8} more" if len(keys) > 8 else ""
     raise ConfigError(
-        f"Study {study.study_name!r} in {_redact(storage)} belongs to a sweep with other settings: {shown}{more}. "
+        f"Study {study.study_name!r} in {redact_url(storage)} belongs to a sweep with other settings: {shown}{more}. "
         f"Fix: run the same command to resume it, or pass hydra.sweeper.study_name=<a new name> to start "
         f"another study."
     )
@@ -201,7 +200,7 @@ class KbkOptunaSweeperImpl(Sweeper):
 
     def _sweep(self, arguments: list[str]) -> Any:
         from kbk.sweep.factories import pruner_to_env
-        from kbk.sweep.storage import _redact, open_storage
+        from kbk.sweep.storage import open_storage
         from kbk.sweep.workers import Worker, registered_workers
 
         cfg = self.config
@@ -214,7 +213,7 @@ class KbkOptunaSweeperImpl(Sweeper):
         sweep_dir = Path(str(cfg.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / "multirun.yaml").write_text(redact_text(OmegaConf.to_yaml(cfg), secrets))
-        log.info("kbk sweep: study %r in %s, %s sampler, %s, params %s", plan.study_name, _redact(storage_spec),
+        log.info("kbk sweep: study %r in %s, %s sampler, %s, params %s", plan.study_name, redact_url(storage_spec),
                  plan.sampler_name, "/".join(plan.directions), plan.space.describe())
 
         worker = Worker(self.heartbeat_interval, self.grace_period)
@@ -335,6 +334,19 @@ class KbkOptunaSweeperImpl(Sweeper):
                 self.config.hydra.sweeper.storage = redact_text(str(self.config.hydra.sweeper.storage), secrets)
         return secrets
 
+    def _default_settings(self, plan: SweepPlan) -> dict[str, str]:
+        """The sweep's settings with this command's config-group choices (model, schedule, the preset, ...) and
+        none of its other overrides: each key's default."""
+        from hydra.types import RunMode
+
+        cfg = self.config
+        choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+        overrides = [f"{group}={choice}" for group, choice in choices.items()
+                     if choice is not None and not group.startswith("hydra/")]
+        default = self.hydra_context.config_loader.load_configuration(
+            config_name=cfg.hydra.job.config_name, overrides=overrides, run_mode=RunMode.MULTIRUN)
+        return sweep_settings(default, plan.space.signature(), plan.directions)
+
     def _sampler(self, spec: dict[str, Any], seed_offset: int = 0) -> Any:
         from kbk.sweep.factories import make_sampler
 
@@ -373,7 +385,7 @@ class KbkOptunaSweeperImpl(Sweeper):
                 f"Study {name!r} optimizes {stored}, this sweep {directions}. Fix: use the study's directions to "
                 "resume it, or pass hydra.sweeper.study_name=<a new name>."
             )
-        check_settings(study, plan.settings, plan.storage_spec)
+        check_settings(study, plan.settings, plan.storage_spec, defaults=lambda: self._default_settings(plan))
         return study, False
 
     # ------------------------------------------------------------------------------------------------ jobs

@@ -47,7 +47,7 @@ def sweep_command(hydra_cfg: Any) -> str:
 
 def redact_override(override: str) -> str:
     """`key=scheme://user:PW@host` → `key=scheme://user:***@host`; other overrides unchanged."""
-    from kbk.tracking.store import redact_url
+    from kbk.urls import redact_url
 
     key, sep, value = override.partition("=")
     return f"{key}{sep}{redact_url(value)}" if "://" in value else override
@@ -66,7 +66,8 @@ class SweepParent:
              tags: Mapping[str, Any]) -> SweepParent:
         """Reopen the parent recorded on the study (same store and experiment), or create it and record it."""
         from kbk.tracking.mlflow_tracker import MlflowTracker
-        from kbk.tracking.store import ensure_experiment, redact_url
+        from kbk.tracking.store import ensure_experiment
+        from kbk.urls import redact_url
 
         ensure_experiment(uri, experiment)  # schema + experiment once, here, before any trial process starts
         stored = study.user_attrs.get(PARENT_ATTR) or {}

@@ -101,13 +101,13 @@ def write_results(folder: Path, study: Study, storage: str, metrics: Sequence[st
     `results.csv` and `results.json` in `folder`."""
     from omegaconf import OmegaConf
 
-    from kbk.sweep.storage import _redact
+    from kbk.urls import redact_url
 
     folder.mkdir(parents=True, exist_ok=True)
     summary = {
         "name": "kbk_optuna",
         "study_name": study.study_name,
-        "storage": _redact(storage),
+        "storage": redact_url(storage),
         "directions": [d.name.lower() for d in study.directions],
         "trials": counts(study),
         **best(study, metrics),

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kbk.errors import ConfigError
+from kbk.urls import redact_url, url_scheme, with_installed_driver
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
 
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 SCHEMA_RACE_RETRIES = 5
 _SCHEMA_RACE_MARKERS = ("duplicate key", "UniqueViolation", "already exists", "IntegrityError")
 RDB_SCHEMES = ("postgresql", "mysql", "sqlite", "oracle", "mssql")
@@ -35,45 +35,35 @@ def resolve_storage(spec: str | None, outputs: str | os.PathLike, study_name: st
     if spec is None or not str(spec).strip():
         return default_storage(outputs, study_name)
     spec = str(spec).strip()
-    match = _SCHEME.match(spec)
-    if match is None:
+    scheme = storage_scheme(spec)
+    if not scheme:
         return str(Path(spec).expanduser().resolve())
-    scheme = match.group(1).lower().split("+", 1)[0]
+    prefix, _, rest = spec.partition("://")
     if scheme == "sqlite":
-        rest = spec[len(match.group(0)) :]  # "/relative.db" or "//abs.db" (SQLAlchemy's sqlite:///x form)
-        path = rest[1:] if rest.startswith("/") else ""
+        path = rest[1:] if rest.startswith("/") else ""  # "/relative.db" or "//abs.db" (SQLAlchemy's form)
         if path.split("?", 1)[0] in ("", ":memory:"):
             raise ConfigError(
-                f"hydra.sweeper.storage={_redact(spec)!r} is an in-memory SQLite database that trials in other "
+                f"hydra.sweeper.storage={redact_url(spec)!r} is an in-memory SQLite database that trials in other "
                 "processes cannot see. Fix: leave it null (a journal file under outputs/) or give a file."
             )
-        if not path.startswith("/"):
-            return f"{match.group(0)}/{Path(path).resolve()}"
-        return spec
+        return spec if path.startswith("/") else f"{prefix}:///{Path(path).resolve()}"
     if scheme in RDB_SCHEMES:
-        return _with_driver(spec)
+        return with_installed_driver(spec)
     if scheme == "file":
-        return str(Path(spec[len("file://") :]).resolve())
+        return str(Path(rest).resolve())
     raise ConfigError(
-        f"hydra.sweeper.storage={_redact(spec)!r}: unknown scheme {scheme}://. Fix: leave it null (a journal file "
-        "under outputs/), give a journal file path, or an RDB URL such as postgresql://user@host/db."
+        f"hydra.sweeper.storage={redact_url(spec)!r}: unknown scheme {scheme}://. Fix: leave it null (a journal "
+        "file under outputs/), give a journal file path, or an RDB URL such as postgresql://user@host/db."
     )
 
 
-def _with_driver(url: str) -> str:
-    """SQLAlchemy 2.1 reads a bare `postgresql://` as psycopg 3; with only psycopg2 installed (kbk's dependency),
-    name that driver rather than fail with an ImportError."""
-    import importlib.util
-
-    if url.lower().startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
-        if importlib.util.find_spec("psycopg2") is not None:
-            return "postgresql+psycopg2://" + url[len("postgresql://") :]
-    return url
+def storage_scheme(spec: str) -> str:
+    """The URL scheme of a storage string; "" for a journal file's path (which may hold a colon)."""
+    return url_scheme(spec) if "://" in spec else ""
 
 
 def is_rdb(spec: str) -> bool:
-    match = _SCHEME.match(spec)
-    return match is not None and match.group(1).lower().split("+", 1)[0] in RDB_SCHEMES
+    return storage_scheme(spec) in RDB_SCHEMES
 
 
 def open_storage(spec: str) -> BaseStorage:
@@ -92,7 +82,7 @@ def open_storage(spec: str) -> BaseStorage:
                     continue
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise ConfigError(
-                    f"Cannot open the Optuna storage {_redact(spec)} ({type(e).__name__}: {first}). Fix: check "
+                    f"Cannot open the Optuna storage {redact_url(spec)} ({type(e).__name__}: {first}). Fix: check "
                     "that the database server is running and reachable and the URL is right, or leave "
                     "hydra.sweeper.storage null for a journal file under outputs/."
                 ) from e
@@ -112,10 +102,3 @@ def open_storage(spec: str) -> BaseStorage:
 def _engine_kwargs(spec: str) -> dict:
     # Connections checked before use: a sweep outlives idle timeouts of database servers and proxies.
     return {} if spec.startswith("sqlite") else {"pool_pre_ping": True}
-
-
-def _redact(spec: str) -> str:
-    """A URL without its password, for messages and logs."""
-    from kbk.tracking.store import redact_url
-
-    return redact_url(spec)

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import os
 import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kbk.errors import TrackingError
+from kbk.urls import redact_text, redact_url, url_password, url_scheme, with_installed_driver
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -43,20 +43,8 @@ _TRACKING_FIX = (
 )
 
 
-def _scheme(uri: str) -> str:
-    """`sqlite`, `http`, `postgresql`, … (driver suffix removed), or "" for a plain path."""
-    match = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*):", uri)
-    if match is None or len(match.group(1)) == 1:  # `C:\...` is a Windows drive, not a scheme
-        return ""
-    return match.group(1).lower().split("+", 1)[0]
-
-
 def _file_store_allowed() -> bool:
     return os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("true", "1")
-
-
-def _missing(module: str) -> bool:
-    return importlib.util.find_spec(module) is None
 
 
 def _absolute(path: str | Path) -> Path:
@@ -80,7 +68,7 @@ def resolve_tracking_uri(uri: str | None, outputs_dir: str | Path) -> str:
     if uri is None or not str(uri).strip():
         return f"sqlite:///{_absolute(outputs_dir) / 'mlflow.db'}"
     uri = str(uri).strip()
-    scheme = _scheme(uri)
+    scheme = url_scheme(uri)
     if scheme == "sqlite":
         prefix, _, rest = uri.partition("://")
         if not rest.startswith("/"):
@@ -99,10 +87,7 @@ def resolve_tracking_uri(uri: str | None, outputs_dir: str | Path) -> str:
     if scheme in ("http", "https"):
         return _credentials_to_environment(uri.rstrip("/"))
     if scheme in DATABASE_SCHEMES:
-        if uri.lower().startswith("postgresql://") and _missing("psycopg") and not _missing("psycopg2"):
-            # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; kbk installs psycopg2.
-            return "postgresql+psycopg2://" + uri[len("postgresql://") :]
-        return uri
+        return with_installed_driver(uri)
     if scheme == "file" or (scheme == "" and Path(uri).suffix not in (".db", ".sqlite", ".sqlite3")):
         if not _file_store_allowed():
             raise TrackingError(
@@ -142,46 +127,9 @@ def _credentials_to_environment(uri: str) -> str:
     return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
-def url_password(url: str | None) -> str | None:
-    """The password in a URL's user part (`postgresql://user:PW@host/db`, `http://user:PW@host`), or None."""
-    if not url or "@" not in str(url):
-        return None
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(str(url)).password or None
-    except Exception:  # noqa: BLE001 (not a URL: a path, a journal file)
-        match = re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://[^:/@]+:([^@]*)@", str(url))
-        return match.group(1) if match and match.group(1) else None
-
-
-def redact_url(url: str) -> str:
-    """`url` with its password replaced by `***`, for messages, params, logs and files."""
-    password = url_password(url)
-    if password is None:
-        return url
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001
-        return url.replace(f":{password}@", ":***@")
-
-
-def redact_text(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret replaced by `***` (secrets as found in a URL, and URL-quoted)."""
-    from urllib.parse import quote, unquote
-
-    for secret in secrets:
-        for form in {secret, quote(secret, safe=""), unquote(secret)}:
-            if form:
-                text = text.replace(form, "***")
-    return text
-
-
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a `sqlite:///` URI, None for any other store."""
-    if _scheme(uri) != "sqlite":
+    if url_scheme(uri) != "sqlite":
         return None
     rest = uri.partition("://")[2]
     return Path(rest[1:].partition("?")[0]) if rest.startswith("/") else None
@@ -304,7 +252,7 @@ def prepared_store(uri: str) -> Iterator[MlflowClient]:
         raise TrackingError(
             "No tracking URI given. Fix: resolve one with resolve_tracking_uri(cfg.uri, outputs)."
         )
-    scheme = _scheme(uri)
+    scheme = url_scheme(uri)
     if scheme in ("http", "https"):
         check_server(uri)
     path = sqlite_path(uri)
