@@ -181,6 +181,41 @@ def test_a_study_refuses_a_sweep_with_other_settings(tmp_path):
                                              ["minimize"]), "x.journal")
 
 
+def test_a_study_made_before_a_key_existed_resumes_while_the_key_keeps_its_default(tmp_path):
+    """The real sweeper on a finished grid study whose stored settings lack a key (kbk gained it since): the same
+    command resumes it (and finds it done); the key set to another value is another experiment, refused."""
+    from conftest import TINY, clean_env, kbk_command
+    from optuna.trial import create_trial
+
+    from kbk.paths import PROJECT_ROOT
+    from kbk.sweep.storage import open_storage
+
+    outputs = tmp_path / "outputs"
+    args = [*(o for o in TINY if not o.startswith("koopman.dim=")), "koopman.dim=8,16", "tracking=none",
+            f"paths.outputs={outputs}"]
+    cfg = compose_cfg(["hparams_search=koopman_dim_grid", *(a for a in args if a != "koopman.dim=8,16")])
+    space = parse_space({"koopman.dim": "choice(128, 256, 512)"}, ["koopman.dim=8,16"])
+    settings = sweep_settings(cfg, space.signature(), ["minimize"])
+    older = {k: v for k, v in settings.items() if k != "koopman.terms_interval"}
+    assert settings["koopman.terms_interval"] == "1"  # its default
+    study = optuna.create_study(study_name="koopman_dim_grid",
+                                storage=open_storage(str(outputs / "optuna" / "koopman_dim_grid.journal")))
+    study.set_user_attr("kbk.settings", older)
+    for dim in (8, 16):
+        study.add_trial(create_trial(params={"koopman.dim": dim}, distributions=space.distributions, value=1.0))
+
+    def sweep(*extra):
+        return subprocess.run(kbk_command(["-m", "hparams_search=koopman_dim_grid", *args, *extra]), cwd=PROJECT_ROOT,
+                              env=clean_env(), capture_output=True, text=True, timeout=300)
+
+    resumed = sweep()
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "every grid point has a finished trial" in resumed.stderr + resumed.stdout
+    refused = sweep("koopman.terms_interval=2")
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "koopman.terms_interval (study: <unset>, now: 2)" in refused.stderr
+
+
 # ---------------------------------------------------------------------------------------------- presets
 
 
