@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Study 1 of issue 13: does koopman_dim matter? koopman.dim 16 / 64 / 256 / 1024 (below, at and far above the tiny
+# model's d_model 64) × seeds 0, 1, 2 at model=tiny, 400 steps, on the synthetic data (exact Bayes floor) and on the
+# King James Bible (word vocabulary 8,002): one sweep per dataset (studies koopman_dim_synthetic, koopman_dim_kjv),
+# each reported against koopman.dim=64 (= d_model) into experiments/koopman_dim/<dataset>/.
+#   bash experiments/koopman_dim/run.sh              # both datasets (~45 min on 2 loaded CPU cores)
+#   bash experiments/koopman_dim/run.sh synthetic    # one of them
+# The kjv corpus must be prepared once: python experiments/data/kjv.py
+# Re-running resumes each sweep (finished trials are kept) and rewrites the reports.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+datasets=("${@:-synthetic kjv}")
+for data in ${datasets[@]}; do
+    study=koopman_dim_$data
+    metrics="val/ppl val/ppl_koopman perf/step_ms"
+    [ "$data" = synthetic ] && metrics="val/ppl val/ppl_koopman val/ppl_floor perf/step_ms"
+    python -m kbk.run -m hparams_search=koopman_dim_grid hydra.sweeper.study_name=$study \
+        koopman.dim=16,64,256,1024 seed=0,1,2 data=$data model=tiny trainer.max_steps=400 trainer.eval_every=100
+    python -m kbk.report --sweep $study --baseline koopman.dim=64 --metric $metrics \
+        --question "Does koopman_dim (16, 64 = d_model, 256, 1024) change the standard or the Koopman-mode validation perplexity, the per-layer Koopman-only vs skip-only perplexity, the one-step error or the step time of the tiny model after 400 steps on data=$data?" \
+        --reproduce "bash experiments/koopman_dim/run.sh $data" --out experiments/koopman_dim/$data
+    python -m kbk.compare --sweep $study --metric $metrics --baseline koopman.dim=256
+done
