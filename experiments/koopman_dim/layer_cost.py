@@ -56,7 +56,8 @@ def main(argv=None) -> int:
         koopman_cost.K = k  # layer_comparison builds its block with koopman_dim = the module's K
         (_, bk_med, bk_min, bk_flops), (_, kp_med, kp_min, kp_flops) = koopman_cost.layer_comparison(repeats)
         lines.append(f"| {k} | {bk_med:.3f} ({bk_min:.3f}) | {kp_med:.3f} ({kp_min:.3f}) | {bk_flops:,.0f} | "
-                     f"{kp_flops:,.0f} | {kp_med / bk_med:.2f}x | {kp_min / bk_min:.2f}x | {kp_flops / bk_flops:.2f}x |")
+                     f"{kp_flops:,.0f} | {kp_med / bk_med:.2f}x | {kp_min / bk_min:.2f}x | "
+                     f"{kp_flops / bk_flops:.2f}x |")
         print(lines[-1], flush=True)
     Path(args.output).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
