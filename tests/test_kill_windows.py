@@ -125,10 +125,10 @@ def test_a_finished_trial_of_a_killed_sweeper_keeps_its_result(tmp_path, monkeyp
     a RUNNING trial without a record is failed and re-queued as before."""
     from kbk.sweep import ENV_STORAGE, ENV_STUDY, ENV_TRIAL
     from kbk.sweep.engine import RECOVERED_ATTR, STALE_ATTR, SweepEngine
+    from kbk.sweep.heartbeat import OWNER_ATTR, WORKER_PREFIX, Worker
     from kbk.sweep.space import parse_space
     from kbk.sweep.storage import open_storage
     from kbk.sweep.trial import record_result_from_env
-    from kbk.sweep.workers import OWNER_ATTR, WORKER_PREFIX, Worker
 
     journal = str(tmp_path / "s.journal")
     study = optuna.create_study(storage=open_storage(journal), study_name="s",

@@ -5,7 +5,7 @@ value with its run — checked on a real MLflow store."""
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from kbk.sweep.callbacks import summarize_children, swept_overrides
+from kbk.sweep.multirun_parent import summarize_children, swept_overrides
 from kbk.sweep.parent import redact_override, sweep_command
 from kbk.tracking.mlflow_tracker import MlflowTracker
 

@@ -31,8 +31,14 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "n_trials_null_without_grid": ([*TPE, "hydra.sweeper.n_trials=null"], ["hydra.sweeper.n_trials=null", "grid"]),
     "n_jobs_zero": ([*TPE, "hydra.sweeper.n_jobs=0"], ["hydra.sweeper.n_jobs=0"]),
     "direction_typo": ([*TPE, "hydra.sweeper.direction=maximise"], ["hydra.sweeper.direction", "maximise"]),
-    "unknown_sampler": ([*TPE, "hydra.sweeper.sampler.name=foo"], ["hydra.sweeper.sampler.name='foo'", "tpe"]),
-    "unknown_pruner": ([*TPE, "hydra.sweeper.pruner.name=foo"], ["hydra.sweeper.pruner.name='foo'", "median"]),
+    "unknown_sampler": ([*TPE, "hydra.sweeper.sampler._target_=optuna.samplers.Foo"],
+                        ["hydra.sweeper.sampler", "optuna.samplers.Foo"]),
+    "unknown_pruner": ([*TPE, "hydra.sweeper.pruner._target_=optuna.pruners.Foo"],
+                       ["hydra.sweeper.pruner", "optuna.pruners.Foo"]),
+    "sampler_argument_typo": ([*TPE, "++hydra.sweeper.sampler.n_startup_trails=3"],
+                              ["hydra.sweeper.sampler", "n_startup_trails"]),
+    "not_a_sampler": ([*GRID, "koopman.dim=8,16", "hydra.sweeper.sampler._target_=optuna.pruners.NopPruner"],
+                      ["hydra.sweeper.sampler._target_=optuna.pruners.NopPruner", "not an Optuna sampler"]),
     "bogus_storage": ([*TPE, "hydra.sweeper.storage=bogus://x"], ["hydra.sweeper.storage='bogus://x'", "scheme"]),
     "failure_rate_negative": ([*TPE, "hydra.sweeper.max_failure_rate=-1"], ["hydra.sweeper.max_failure_rate=-1"]),
     "failure_rate_above_one": ([*TPE, "hydra.sweeper.max_failure_rate=1.5"], ["hydra.sweeper.max_failure_rate=1.5"]),
@@ -55,6 +61,7 @@ PRESET_CASES: dict[str, tuple[list[str], list[str]]] = {
     "unknown_hparams_search": (["hparams_search=nope"], ["hparams_search/nope", "koopman_dim_grid", "tpe_pruned"]),
     "hparams_search_typo": (["-m", "hparams_search=koopman_dim_grd"], ["koopman_dim_grd", "koopman_dim_grid"]),
     "unknown_experiment": (["experiment=nope"], ["experiment/nope", "seed_colab"]),
+    "unknown_sampler_config": ([*TPE, "hydra/sweeper/sampler=nope"], ["hydra/sweeper/sampler/nope", "tpe", "grid"]),
 }
 
 
@@ -148,10 +155,10 @@ def test_a_study_whose_creator_died_before_setting_it_up_is_taken_over_at_once(t
     import optuna
 
     from kbk.sweep import optuna_sweeper
+    from kbk.sweep.heartbeat import Worker
     from kbk.sweep.optuna_sweeper import CREATOR_ATTR, SETTINGS_ATTR, KbkOptunaSweeperImpl, SweepPlan
     from kbk.sweep.space import parse_space
     from kbk.sweep.storage import open_storage
-    from kbk.sweep.workers import Worker
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     storage = open_storage(str(tmp_path / "s.journal"))
@@ -164,7 +171,8 @@ def test_a_study_whose_creator_died_before_setting_it_up_is_taken_over_at_once(t
         raise AssertionError("waited for a creator that is gone")
 
     monkeypatch.setattr(optuna_sweeper.time, "sleep", no_waiting)
-    plan = SweepPlan(["val/ppl"], parse_space({"x": "choice(1,2)"}), {"name": "random"}, "random", False,
-                     {"name": "none"}, ["minimize"], {"a": "1"}, "nt0", str(tmp_path / "s.journal"))
+    plan = SweepPlan(["val/ppl"], parse_space({"x": "choice(1,2)"}), {"_target_": "optuna.samplers.RandomSampler"},
+                     "RandomSampler", False, {"_target_": "optuna.pruners.NopPruner"}, ["minimize"], {"a": "1"}, "nt0",
+                     str(tmp_path / "s.journal"))
     loaded, created = KbkOptunaSweeperImpl()._open_study(storage, plan, worker)
     assert not created and loaded.study_name == "nt0" and SETTINGS_ATTR not in loaded.user_attrs

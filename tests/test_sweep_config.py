@@ -14,19 +14,18 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from kbk.config import register_configs
 from kbk.errors import ConfigError
 from kbk.paths import CONF_DIR, register_resolvers
 from kbk.sweep.factories import (
+    config_of,
     directions_of,
     is_grid,
     make_pruner,
     make_sampler,
     pruner_from_env,
-    pruner_spec,
     pruner_to_env,
 )
 from kbk.sweep.optuna_sweeper import check_settings, sweep_settings
@@ -113,26 +112,57 @@ def test_params_key_is_order_free_and_type_aware():
 # --------------------------------------------------------------------------------------- samplers, storage
 
 
-def test_samplers_and_pruners_by_name():
-    assert isinstance(make_sampler({"name": "tpe", "seed": 1, "n_startup_trials": 3}), optuna.samplers.TPESampler)
-    assert isinstance(make_sampler({"name": "nsgaii", "seed": 1, "population_size": 4}),
-                      optuna.samplers.NSGAIISampler)
-    assert isinstance(make_sampler({"name": "cmaes"}), optuna.samplers.CmaEsSampler)
-    assert isinstance(make_sampler({"_target_": "optuna.samplers.RandomSampler", "seed": 3}),
+def test_samplers_and_pruners_are_built_from_their_targets():
+    tpe = make_sampler({"_target_": "optuna.samplers.TPESampler", "seed": 1, "n_startup_trials": 3})
+    assert isinstance(tpe, optuna.samplers.TPESampler) and tpe._n_startup_trials == 3
+    nsga = make_sampler({"_target_": "optuna.samplers.NSGAIISampler", "seed": 1, "population_size": 4})
+    assert isinstance(nsga, optuna.samplers.NSGAIISampler)
+    # null takes the class's default; the grid is kbk's own (a seeded random sampler stands in)
+    assert isinstance(make_sampler(config_of({"_target_": "optuna.samplers.CmaEsSampler", "sigma0": None},
+                                             "sampler")), optuna.samplers.CmaEsSampler)
+    assert is_grid({"_target_": "optuna.samplers.GridSampler"}) and not is_grid({"_target_": "x.TPESampler"})
+    assert isinstance(make_sampler({"_target_": "optuna.samplers.GridSampler", "_partial_": True}),
                       optuna.samplers.RandomSampler)
-    assert is_grid({"name": "grid"}) and not is_grid({"name": "tpe"})
-    with pytest.raises(ConfigError, match="not a sampler"):
-        make_sampler({"name": "annealing"})
-    with pytest.raises(ConfigError, match="invalid"):
-        make_sampler({"name": "tpe", "no_such_argument": 1})
-    spec = pruner_spec({"name": "median", "n_startup_trials": 2, "n_warmup_steps": 5})
+    with pytest.raises(ConfigError, match="cannot build optuna.samplers.Annealing"):
+        make_sampler({"_target_": "optuna.samplers.Annealing"})
+    with pytest.raises(ConfigError, match="cannot build.*no_such_argument"):
+        make_sampler({"_target_": "optuna.samplers.TPESampler", "no_such_argument": 1})
+    with pytest.raises(ConfigError, match="is not an Optuna sampler"):
+        make_sampler({"_target_": "optuna.pruners.MedianPruner"})
+    spec = {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 2, "n_warmup_steps": 5}
     pruner = pruner_from_env(pruner_to_env(spec))
     assert isinstance(pruner, optuna.pruners.MedianPruner) and pruner._n_warmup_steps == 5
-    assert isinstance(make_pruner(pruner_spec(None)), optuna.pruners.NopPruner)
-    assert isinstance(make_pruner(pruner_spec({"name": "hyperband", "min_resource": 2, "max_resource": 100})),
-                      optuna.pruners.HyperbandPruner)
-    with pytest.raises(ConfigError, match="not a pruner"):
-        pruner_spec({"name": "asha"})
+    assert isinstance(pruner_from_env(None), optuna.pruners.NopPruner)
+    assert isinstance(make_pruner({"_target_": "optuna.pruners.HyperbandPruner", "min_resource": 2,
+                                   "max_resource": 100}), optuna.pruners.HyperbandPruner)
+
+
+def test_the_name_of_a_group_config_stands_for_its_target():
+    """Presets written before `_target_` (`sampler: {name: grid}`) keep working: the name picks the group's config."""
+    assert config_of({"name": "grid", "seed": None}, "sampler") == {"_target_": "optuna.samplers.GridSampler"}
+    assert config_of({"_target_": "optuna.samplers.TPESampler", "name": "random", "seed": 3}, "sampler") == {
+        "_target_": "optuna.samplers.RandomSampler", "seed": 3}
+    assert isinstance(pruner_from_env(pruner_to_env({"name": "median", "n_startup_trials": 1})),
+                      optuna.pruners.MedianPruner)
+    with pytest.raises(ConfigError, match="'annealing' is not a sampler kbk knows: use one of .*tpe"):
+        config_of({"name": "annealing"}, "sampler")
+    with pytest.raises(ConfigError, match="hydra/sweeper/pruner=<.*median"):
+        config_of("median", "pruner")
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "nsgaii", "qmc", "gp", "grid"])
+def test_the_group_configs_and_the_official_plugins_build(sampler):
+    """`hydra/sweeper/sampler=<name>` composes and builds; so does the TPE config of Hydra's Optuna plugin as is."""
+    cfg = compose_cfg(["hparams_search=koopman_dim_grid", f"hydra/sweeper/sampler={sampler}",
+                       "hydra.sweeper.sampler.seed=3"])
+    spec = config_of(cfg.hydra.sweeper.sampler, "sampler")
+    assert spec["seed"] == 3 and spec["_target_"].startswith("optuna.samplers.")
+    make_sampler(spec)
+    official_tpe = {"_target_": "optuna.samplers.TPESampler", "seed": None, "consider_prior": True,
+                    "prior_weight": 1.0, "consider_magic_clip": True, "consider_endpoints": False,
+                    "n_startup_trials": 10, "n_ei_candidates": 24, "multivariate": False,
+                    "warn_independent_sampling": True}
+    assert isinstance(make_sampler(config_of(official_tpe, "sampler")), optuna.samplers.TPESampler)
 
 
 def test_directions_match_the_metrics():
@@ -233,9 +263,9 @@ def test_preset_composes_into_a_runnable_sweeper(preset):
     assert space.distributions
     metrics = cfg.optimized_metric if isinstance(cfg.optimized_metric, str) else list(cfg.optimized_metric)
     directions_of(sweeper.direction, [metrics] if isinstance(metrics, str) else metrics)
-    spec = OmegaConf.to_container(cfg.hydra.sweeper.sampler)
+    spec = config_of(cfg.hydra.sweeper.sampler, "sampler")
     make_sampler(spec)
-    make_pruner(pruner_spec(cfg.hydra.sweeper.pruner))
+    make_pruner(config_of(cfg.hydra.sweeper.pruner, "pruner"))
     if is_grid(spec):
         assert space.grid()
     assert cfg.hydra.sweeper.study_name == preset

@@ -178,7 +178,7 @@ def test_grid_presets_run_at_tiny_size(hydra_sweep_runner, tmp_path, preset):
 def test_tpe_search_reports_intermediate_values(hydra_sweep_runner, tmp_path):
     out = tmp_path / "out"
     overrides = ["hparams_search=tpe_pruned", "koopman.dim=choice(8,16)", "hydra.sweeper.n_trials=5",
-                 "hydra.sweeper.sampler.n_startup_trials=2", "hydra.sweeper.pruner.name=none", *TINY,
+                 "hydra.sweeper.sampler.n_startup_trials=2", "hydra/sweeper/pruner=none", *TINY,
                  f"paths.outputs={out}"]
     with sweep(hydra_sweep_runner, overrides, tmp_path / "sweep") as s:
         results = yaml.safe_load((Path(s.temp_dir) / "optimization_results.yaml").read_text())
@@ -196,7 +196,7 @@ def test_pruned_trial_is_pruned_in_optuna_and_killed_in_mlflow(hydra_sweep_runne
     out = tmp_path / "out"
     # Trial 0 learns (lr 3e-3); trial 1 barely moves (lr 1e-5): worse than trial 0 at the first report.
     overrides = ["hparams_search=koopman_dim_grid", "koopman.dim=choice(8)", "trainer.lr=choice(0.003,0.00001)",
-                 "hydra.sweeper.pruner.name=median", "hydra.sweeper.pruner.n_startup_trials=1",
+                 "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
                  *MODEL, *DATA, "trainer.max_steps=12", "trainer.eval_every=3", f"paths.outputs={out}"]
     with sweep(hydra_sweep_runner, overrides, tmp_path / "sweep"):
         pass
@@ -326,14 +326,19 @@ def test_kbk_sweep_through_parallel_launchers(tmp_path, launcher):
 # ------------------------------------------------------------------------------------- kill, parallel
 
 
+def grid_sweep(out: Path, dims: str, max_steps: int, stdout: int) -> tuple[list[str], subprocess.Popen]:
+    """A `koopman_dim_grid` sweep over `dims` started in the background: its overrides and its process."""
+    overrides = ["hparams_search=koopman_dim_grid", f"koopman.dim=choice({dims})", *MODEL, *DATA,
+                 f"trainer.max_steps={max_steps}", "trainer.eval_every=10", f"paths.outputs={out}"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "KBK_OUTPUTS")}
+    return overrides, subprocess.Popen(kbk_command(overrides), cwd=PROJECT_ROOT, env=env, stdout=stdout,
+                                       stderr=subprocess.PIPE, text=True)
+
+
 def test_killed_sweep_resumes_with_one_finished_trial_per_point(tmp_path):
     out = tmp_path / "out"
     journal = out / "optuna" / "koopman_dim_grid.journal"
-    overrides = ["hparams_search=koopman_dim_grid", "koopman.dim=choice(8,16,24,32)", *MODEL, *DATA,
-                 "trainer.max_steps=40", "trainer.eval_every=10", f"paths.outputs={out}"]
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "KBK_OUTPUTS")}
-    proc = subprocess.Popen(kbk_command(overrides), cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    overrides, proc = grid_sweep(out, "8,16,24,32", 40, stdout=subprocess.DEVNULL)
     try:
         wait_for(lambda: (c := study_state(journal, "koopman_dim_grid"))["COMPLETE"] >= 1 and c["RUNNING"] >= 1,
                  300, "a finished and a running trial", proc)
@@ -361,15 +366,10 @@ def test_killed_sweep_resumes_with_one_finished_trial_per_point(tmp_path):
 def test_two_sweeper_processes_share_a_grid_without_duplicates(tmp_path):
     out = tmp_path / "out"
     journal = out / "optuna" / "koopman_dim_grid.journal"
-    overrides = ["hparams_search=koopman_dim_grid", "koopman.dim=choice(8,12,16,20,24,32)", *MODEL, *DATA,
-                 "trainer.max_steps=20", "trainer.eval_every=10", f"paths.outputs={out}"]
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "KBK_OUTPUTS")}
-    first = subprocess.Popen(kbk_command(overrides), cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    overrides, first = grid_sweep(out, "8,12,16,20,24,32", 20, stdout=subprocess.PIPE)
     try:
         wait_for(lambda: study_state(journal, "koopman_dim_grid")["RUNNING"] >= 1, 300, "a running trial", first)
-        second = subprocess.run(kbk_command(overrides), cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-                                timeout=420)
+        second = run_kbk(overrides)
         out_first, err_first = first.communicate(timeout=420)
     finally:
         if first.poll() is None:

@@ -27,8 +27,8 @@ from kbk.sweep.engine import (
     outcome_from_exception,
     outcome_from_return,
 )
+from kbk.sweep.heartbeat import OWNER_ATTR, WORKER_PREFIX, Worker, WorkerInfo, process_alive
 from kbk.sweep.space import params_key, parse_space
-from kbk.sweep.workers import OWNER_ATTR, WORKER_PREFIX, Worker, WorkerInfo, process_alive
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -255,7 +255,7 @@ def _leave_running(storage, name: str, params: dict, space: dict, pid: int, beat
     study.set_user_attr(WORKER_PREFIX + f"ghost-{pid}", info.as_attr())
     study.enqueue_trial(params)
     trial = study.ask(parse_space(space).distributions)
-    study._storage.set_trial_user_attr(trial._trial_id, OWNER_ATTR, f"ghost-{pid}")
+    trial.set_user_attr(OWNER_ATTR, f"ghost-{pid}")
     return trial.number
 
 
@@ -361,7 +361,7 @@ def test_sqlite_rdb_storage_works_the_same(tmp_path):
 def test_process_alive_tells_dead_and_reused_pids():
     assert process_alive(os.getpid())
     assert not process_alive(dead_pid())
-    from kbk.sweep.workers import process_start_ticks
+    from kbk.sweep.heartbeat import process_start_ticks
 
     ticks = process_start_ticks(os.getpid())
     if ticks is not None:

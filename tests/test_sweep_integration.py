@@ -25,7 +25,7 @@ DIMS = (8, 12, 16, 24)
 def test_two_workers_on_postgresql_and_a_tracking_server(services, tmp_path):
     pg, server = services
     overrides = ["hparams_search=koopman_dim_grid", f"koopman.dim=choice({','.join(map(str, DIMS))})",
-                 "hydra.sweeper.pruner.name=median", "hydra.sweeper.pruner.n_startup_trials=2",
+                 "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=2",
                  f"hydra.sweeper.storage={pg.url}", "tracking=server", f"tracking.uri={server.uri}",
                  "tracking.experiment=sweeps", *MODEL, *DATA, "trainer.max_steps=12", "trainer.eval_every=4",
                  f"paths.outputs={tmp_path / 'out'}"]

@@ -81,7 +81,7 @@ def test_multi_objective_studies_get_no_hook(tmp_path):
 def test_multirun_callback_is_a_no_op_without_tracking_for_single_runs_and_for_kbk_sweeps():
     from omegaconf import OmegaConf
 
-    from kbk.sweep.callbacks import MultirunParent
+    from kbk.sweep.multirun_parent import MultirunParent
 
     basic = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
     none = OmegaConf.create({"tracking": {"backend": "none"}, "paths": {"outputs": "/nonexistent"},

@@ -7,7 +7,7 @@ trial.
 Both searches run the real sweep in this process (Hydra multirun, kbk's sweeper, the basic launcher, kbk.run's job
 with MLflow tracking to a SQLite store under a temporary outputs folder) on the `tpe_pruned` preset at a small
 size on synthetic data: same TPE seed, same search space, same budget of finished trials (`n_trials`, PRUNED ones
-included), once with the preset's MedianPruner and once with `hydra.sweeper.pruner.name=none`.
+included), once with the preset's MedianPruner and once with `hydra/sweeper/pruner=none`.
 
 Compute is counted in optimiser steps actually trained (a pruned trial stops at the evaluation where it is
 pruned). The goal (docs/sweeps.md): pruning reaches a best val/ppl within 2% of the unpruned search's in at most 50% of
@@ -57,7 +57,7 @@ def search_overrides(args: argparse.Namespace, pruned: bool, outputs: Path) -> l
         "hydra.sweeper.sampler.seed=0",
         f"hydra.sweeper.sampler.n_startup_trials={args.startup}",
         # With pruning: the preset's MedianPruner as it ships (3 start-up trials, no warm-up).
-        *([] if pruned else ["hydra.sweeper.pruner.name=none"]),
+        *([] if pruned else ["hydra/sweeper/pruner=none"]),
         "hydra.sweeper.plots=false",
         *SIZE,
         f"trainer.max_steps={steps}",

@@ -7,12 +7,12 @@ Modules (each imports Optuna/MLflow only inside its functions, so `--cfg job` st
 
 - `config`: the sweeper's structured config (`hydra/sweeper=kbk_optuna`).
 - `space`: Hydra's sweep grammar (`choice`, `range`, `interval`, `tag(log, ...)`) to Optuna distributions.
-- `storage`, `factories`: where the study lives; samplers and pruners by name.
-- `workers`, `engine`: the ask/tell engine: total budget, dedup by params, grids, stale trials, failures.
-- `parent`, `results`: the sweep's MLflow parent run and its summary (table, best values, plots).
+- `storage`: where the study lives; `factories`: samplers and pruners built from their `_target_` configs.
+- `heartbeat`, `engine`: the ask/tell engine: total budget, dedup by params, grids, stale trials, failures.
+- `parent`, `results`: the MLflow parent run of a sweep or multirun, and a sweep's summary (table, best, plots).
 - `optuna_sweeper`: the Hydra `Sweeper` that launches trials through the configured launcher.
 - `trial`: the job side: report intermediate values to the trial, raise `TrialPruned`.
-- `callbacks`: a parent run for plain `-m a=1,2` multiruns (Hydra's basic sweeper).
+- `multirun_parent`: a parent run for plain `-m a=1,2` multiruns (Hydra's basic sweeper).
 
 Environment variables the sweeper sets for each trial (read by `kbk/run.py` and `kbk.sweep.trial`):
 """
@@ -27,7 +27,6 @@ ENV_TRIAL = "KBK_TRIAL_NUMBER"
 ENV_STORAGE = "KBK_OPTUNA_STORAGE"
 #: The study name in that storage.
 ENV_STUDY = "KBK_OPTUNA_STUDY"
-#: The pruner, as JSON (`{"name": "median", "n_startup_trials": 5}`): pruners live in processes, not storages.
+#: The pruner's config, as JSON (`{"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 5}`): pruners
+#: live in processes, not storages.
 ENV_PRUNER = "KBK_OPTUNA_PRUNER"
-
-TRIAL_ENV = (ENV_PARENT_RUN, ENV_SWEEP, ENV_TRIAL, ENV_STORAGE, ENV_STUDY, ENV_PRUNER)

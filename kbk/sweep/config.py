@@ -3,14 +3,14 @@ failure tolerance and stale-trial settings).
 
     hydra:
       sweeper:
-        sampler: {name: tpe, seed: 0}         # tpe | grid | random | cmaes | nsgaii | qmc, or {_target_: ...}
+        sampler: {_target_: optuna.samplers.TPESampler, seed: 0}   # or hydra/sweeper/sampler=grid|random|nsgaii|...
         direction: minimize                   # or a list, one per optimized_metric name
         study_name: null                      # null: kbk-<hash of the sweep's settings>; auto: <preset>-<hash>
         storage: null                         # null: <outputs>/optuna/<study_name>.journal
         n_trials: 20                          # TOTAL finished (COMPLETE + PRUNED) trials; null: the whole grid
         n_jobs: 1                             # trials per launcher batch
         max_failure_rate: 0.25                # stop after more than this × n_trials failures in one invocation
-        pruner: {name: none}                  # median | hyperband | percentile | none, with their arguments
+        pruner: {_target_: optuna.pruners.NopPruner}  # or hydra/sweeper/pruner=median|hyperband|percentile|...
         params: {koopman.dim: choice(128, 256, 512)}
         custom_search_space: null             # "module.fn(cfg, trial)" suggesting more parameters
         dedup: true                           # a repeated parameter set reuses the earlier result
@@ -18,8 +18,9 @@ failure tolerance and stale-trial settings).
         grace_period: 300                     # s without a heartbeat before another host's trials are stale
         plots: true                           # Optuna's plots on the MLflow parent run
 
-Sampler and pruner keys left null take Optuna's defaults; arguments not listed in the defaults below are added
-with `++hydra.sweeper.sampler.<arg>=<value>`.
+The sampler and the pruner are configs of the groups `hydra/sweeper/sampler` and `hydra/sweeper/pruner`
+(conf/hydra/sweeper/); an argument their config does not list is added with
+`++hydra.sweeper.sampler.<arg>=<value>`.
 """
 
 from __future__ import annotations
@@ -27,23 +28,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from omegaconf import MISSING
+
 #: Hydra instantiates plugins only from the `hydra_plugins` package (see hydra_plugins/kbk_sweeper).
 SWEEPER_TARGET = "hydra_plugins.kbk_sweeper.kbk_optuna_sweeper.KbkOptunaSweeper"
-# Arguments present (null) in the default sampler/pruner mappings: Hydra refuses to add keys to a config node
-# without `+`, so the common ones are there to be set plainly.
-SAMPLER_KEYS = ("seed", "n_startup_trials", "multivariate", "constant_liar", "population_size")
-PRUNER_KEYS = ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials", "percentile",
-               "min_resource", "max_resource", "reduction_factor")
 
 
 @dataclass
 class KbkOptunaSweeperConf:
     _target_: str = SWEEPER_TARGET
-    # A mapping: `name` (tpe, grid, random, cmaes, nsgaii, qmc) plus the Optuna sampler's keyword arguments
-    # (seed, n_startup_trials, population_size, ...); or `_target_: optuna.samplers.X` with its arguments.
-    # Keys left null take the Optuna class's default; keys listed here can be set with a plain override
-    # (hydra.sweeper.sampler.n_startup_trials=5), any other argument with ++hydra.sweeper.sampler.<arg>=<value>.
-    sampler: Any = field(default_factory=lambda: dict.fromkeys(SAMPLER_KEYS, None) | {"name": "tpe"})
+    # The sampler and pruner reach the sweeper as configs, built by it (`factories`): it moves the seed of each
+    # parallel process and hands the pruner's config to every trial's process.
+    _recursive_: bool = False
+    # The sampler and the pruner: a config of the group hydra/sweeper/sampler (pruner), chosen here.
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
+    # `_target_: optuna.samplers.<Class>` and the class's arguments (null: the class's default); the grid's
+    # (optuna.samplers.GridSampler) is kbk's own grid over `params`.
+    sampler: Any = MISSING
     # "minimize" | "maximize", or a list of them (multi-objective), one per `optimized_metric` name.
     direction: Any = "minimize"
     # The study in the storage; re-running the same command resumes it. null: derived from the settings.
@@ -60,10 +61,9 @@ class KbkOptunaSweeperConf:
     # The sweep stops when more than max_failure_rate × n_trials trials fail (crash, non-finite objective)
     # during one invocation. 0: stop at the first failure; 1: never stop.
     max_failure_rate: float = 0.25
-    # A mapping: `name` (median, hyperband, percentile, successive_halving, none) plus the pruner's arguments;
-    # or `_target_: optuna.pruners.X`. Pruning needs trials that report (kbk.run does, every evaluation).
-    # As for the sampler, null keys take the class's default; a key the chosen pruner lacks is an error.
-    pruner: Any = field(default_factory=lambda: dict.fromkeys(PRUNER_KEYS, None) | {"name": "none"})
+    # `_target_: optuna.pruners.<Class>` and its arguments. Pruning needs trials that report (kbk.run does, at
+    # every evaluation).
+    pruner: Any = MISSING
     # The search space in Hydra's override grammar: choice(...), a,b,c, range(start, stop[, step]),
     # interval(low, high), tag(log, interval(...)), tag(int, interval(...)); plain values are fixed overrides.
     params: dict[str, Any] | None = None

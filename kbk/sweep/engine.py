@@ -14,7 +14,7 @@ decision re-reads the trials from the storage and follows rules that give all pr
   trial atomically in the storage. Points without a finished trial that are neither queued nor running are
   enqueued again (resume); a point whose trial failed during this invocation is not retried until the next.
   The grid is done when every point has a finished trial.
-- **Stale trials**: RUNNING trials of a dead sweeper process (see `workers.py`) are told FAIL
+- **Stale trials**: RUNNING trials of a dead sweeper process (see `heartbeat.py`) are told FAIL
   (`kbk.stale`) and their parameters re-queued, by whichever process wins the `tell` (storages refuse to
   finish a trial twice); one whose job finished and recorded its objective (`kbk.result`) is told COMPLETE
   from that record instead (`kbk.recovered`), and not trained again.
@@ -33,8 +33,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kbk.sweep.heartbeat import OWNER_ATTR, Worker, registered_workers
 from kbk.sweep.space import SearchSpace, params_key
-from kbk.sweep.workers import OWNER_ATTR, Worker, registered_workers
 
 if TYPE_CHECKING:
     from optuna import Study
@@ -103,11 +103,14 @@ class Status:
     waiting: int = 0
     failures: list[tuple[int, str]] = field(default_factory=list)  # during this invocation
     grid_left: int | None = None  # grid points without a finished trial
-    grid_open: int | None = None  # of those, points neither active nor failed during this invocation
 
     @property
     def finished(self) -> int:
         return self.complete + self.pruned
+
+
+def _number(trial: Trial | int) -> int:
+    return trial if isinstance(trial, int) else trial.number
 
 
 def _state(name: str) -> TrialState:
@@ -153,7 +156,6 @@ class SweepEngine:
         if self.budget <= 0:
             raise ConfigError(f"hydra.sweeper.n_trials={n_trials} must be > 0.")
         self.max_failures = math.floor(float(max_failure_rate) * self.budget + 1e-9)
-        self.n_dropped = 0
 
     # -------------------------------------------------------------------------------------------- reading
 
@@ -165,7 +167,9 @@ class SweepEngine:
         params = trial.params
         names = self.space.names
         if not all(n in params for n in names):
-            fixed = trial.system_attrs.get("fixed_params") or {}  # a queued trial's parameters-to-be
+            # A queued trial's parameters-to-be: `enqueue_trial` keeps them under this system attribute, Optuna's
+            # own name (no public API reads a WAITING trial's parameters).
+            fixed = trial.system_attrs.get("fixed_params") or {}
             if all(n in fixed for n in names):
                 params = fixed
             else:
@@ -202,8 +206,6 @@ class SweepEngine:
         stale = self._stale_reasons(trials)
         st = Status(budget=self.budget)
         finished_keys: set[str] = set()
-        active_keys: set[str] = set()
-        failed_keys: set[str] = set()
         for t in trials:
             name = t.state.name
             if name in ("COMPLETE", "PRUNED"):
@@ -215,20 +217,12 @@ class SweepEngine:
                     finished_keys.add(key)
             elif name == "RUNNING" and t.number not in stale:
                 st.running += 1
-                if self.grid and (key := self.key_of(t)) is not None:
-                    active_keys.add(key)
             elif name == "WAITING":
                 st.waiting += 1
-                if self.grid and (key := self.key_of(t)) is not None:
-                    active_keys.add(key)
             elif self._failed_this_session(t):
                 st.failures.append((t.number, str(t.user_attrs.get(FAIL_REASON_ATTR, "failed"))))
-                if self.grid and (key := self.key_of(t)) is not None:
-                    failed_keys.add(key)
         if self.grid:
-            left = set(self.grid_keys) - finished_keys
-            st.grid_left = len(left)
-            st.grid_open = len(left - active_keys - failed_keys)
+            st.grid_left = len(set(self.grid_keys) - finished_keys)
         return st
 
     def done(self, st: Status) -> str | None:
@@ -252,36 +246,36 @@ class SweepEngine:
         closed = []
         for number, reason in sorted(self._stale_reasons(trials).items()):
             trial = by_number[number]
-            if self._recover_result(trial._trial_id, number, trial.user_attrs, reason):
+            if self._recover_result(number, trial.user_attrs, reason):
                 continue
-            if self._close(trial._trial_id, number, "FAIL", {STALE_ATTR: reason, FAIL_REASON_ATTR: f"stale: {reason}"}):
+            if self._close(number, "FAIL", {STALE_ATTR: reason, FAIL_REASON_ATTR: f"stale: {reason}"}):
                 closed.append(number)
                 log.warning("trial %d was left RUNNING (%s): marked FAIL and re-queued", number, reason)
                 if not self.grid and SKIP_ATTR not in trial.user_attrs and self.key_of(trial) is not None:
                     self.study.enqueue_trial(dict(trial.params), user_attrs={REQUEUED_ATTR: number})
         return closed
 
-    def _recover_result(self, trial_id: int, number: int, user_attrs: dict[str, Any], reason: str) -> bool:
+    def _recover_result(self, trial: Trial | int, user_attrs: dict[str, Any], reason: str) -> bool:
         """Tell COMPLETE a trial whose job finished and recorded its objective, though its sweeper process did not
         live to tell it: the point is not trained again. False when there is no such record."""
         values = user_attrs.get(RESULT_ATTR)
         if not values or not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
             return False
-        if self._close(trial_id, number, "COMPLETE", {RECOVERED_ATTR: reason}, values=values):
-            log.warning("trial %d had finished (%s) but was not recorded (%s): its result is kept", number,
+        if self._close(trial, "COMPLETE", {RECOVERED_ATTR: reason}, values=values):
+            log.warning("trial %d had finished (%s) but was not recorded (%s): its result is kept", _number(trial),
                         ", ".join(f"{v:.6g}" for v in values), reason)
         return True
 
-    def _close(self, trial_id: int, number: int, state: str, attrs: dict[str, Any],
+    def _close(self, trial: Trial | int, state: str, attrs: dict[str, Any],
                values: Sequence[float] | None = None) -> bool:
-        """Set `attrs` and finish the trial; False when it was already finished (by another process)."""
+        """Set `attrs` and finish the trial (one this process asked for, or another's by its number); False when
+        it was already finished (by another process)."""
         from optuna.exceptions import UpdateFinishedTrialError
 
-        storage = self.study._storage
         try:
             for key, value in attrs.items():
-                storage.set_trial_user_attr(trial_id, key, value)
-            self.study.tell(number, list(values) if values is not None else None, state=_state(state))
+                self._set_user_attr(trial, key, value)
+            self.study.tell(trial, list(values) if values is not None else None, state=_state(state))
             return True
         except (UpdateFinishedTrialError, ValueError, RuntimeError) as e:
             if "finished" in str(e).lower() or "cannot tell" in str(e).lower() or isinstance(
@@ -289,6 +283,17 @@ class SweepEngine:
             ):
                 return False
             raise
+
+    def _set_user_attr(self, trial: Trial | int, key: str, value: Any) -> None:
+        if not isinstance(trial, int):
+            trial.set_user_attr(key, value)
+            return
+        # Another process's trial (stale): Optuna has no public way to write a user attribute of a trial this
+        # process did not ask for, so through the study's own storage (for an RDB, the cache Optuna wraps it in,
+        # which must see the write), by the trial's id from the storage's public lookup.
+        storage = self.study._storage
+        study_id = storage.get_study_id_from_name(self.study.study_name)
+        storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(study_id, trial), key, value)
 
     # -------------------------------------------------------------------------------------------- claim
 
@@ -339,7 +344,7 @@ class SweepEngine:
                             dropped_in_a_row)
                 break
             trial = self.study.ask(fixed_distributions=self.space.distributions)
-            self.study._storage.set_trial_user_attr(trial._trial_id, OWNER_ATTR, self.worker.id)
+            trial.set_user_attr(OWNER_ATTR, self.worker.id)
             if self.custom_space is not None:
                 self.custom_space(trial)
             verdict = self._check_claim(trial)
@@ -373,11 +378,11 @@ class SweepEngine:
                                                           and SKIP_ATTR not in t.user_attrs)
         )
         if live_lower >= self.budget:
-            self._drop(mine, "over budget: earlier trials fill n_trials")
+            self._drop(trial, "over budget: earlier trials fill n_trials")
             return "over budget"
         key = self.key_of(mine)
         if self.grid and key not in self.grid_keys:
-            self._drop(mine, "not a point of the grid")
+            self._drop(trial, "not a point of the grid")
             return "not in grid"
         if not (self.dedup or self.grid):
             return None
@@ -387,22 +392,20 @@ class SweepEngine:
             name = t.state.name
             if name in ("COMPLETE", "PRUNED"):
                 if self.grid:
-                    self._drop(mine, f"duplicate of finished trial {t.number}")
+                    self._drop(trial, f"duplicate of finished trial {t.number}")
                     return "duplicate"
-                self._close(mine._trial_id, number, name, {DUPLICATE_ATTR: t.number},
-                            values=t.values if name == "COMPLETE" else None)
+                self._close(trial, name, {DUPLICATE_ATTR: t.number}, values=t.values if name == "COMPLETE" else None)
                 log.info("trial %d repeats trial %d (%s): its result is reused", number, t.number, name)
                 return "reused"
             if t.number < number and (name == "WAITING" or (name == "RUNNING" and t.number not in stale)):
-                self._drop(mine, f"duplicate of {name.lower()} trial {t.number}")
+                self._drop(trial, f"duplicate of {name.lower()} trial {t.number}")
                 return "duplicate"
         return None
 
-    def _drop(self, trial: FrozenTrial, reason: str) -> None:
-        self.n_dropped += 1
+    def _drop(self, trial: Trial, reason: str) -> None:
         log.debug("trial %d dropped: %s", trial.number, reason)
         # A grid point dropped here is queued again by `enqueue_missing_grid_points` if it still needs a trial.
-        self._close(trial._trial_id, trial.number, "FAIL", {SKIP_ATTR: reason})
+        self._close(trial, "FAIL", {SKIP_ATTR: reason})
 
     # -------------------------------------------------------------------------------------------- tell
 
@@ -415,7 +418,7 @@ class SweepEngine:
         elif outcome.state == "PRUNED":
             attrs[PRUNE_REASON_ATTR] = outcome.reason or "pruned"
         values = outcome.values if outcome.state == "COMPLETE" else None
-        ok = self._close(trial._trial_id, trial.number, outcome.state, attrs, values=values)
+        ok = self._close(trial, outcome.state, attrs, values=values)
         if not ok:
             log.warning("trial %d had already been closed by another sweeper process; its result (%s) is "
                         "dropped", trial.number, outcome.state)
@@ -466,14 +469,14 @@ class SweepEngine:
     def release_in_flight(self, reason: str) -> list[int]:
         """On interruption: fail this process's running trials as stale and queue their parameters again."""
         released = []
+        frozen = {t.number: t for t in self.trials()} if self.in_flight else {}
         for number, trial in list(self.in_flight.items()):
-            frozen = self.study._storage.get_trial(trial._trial_id)
-            if self._recover_result(trial._trial_id, number, frozen.user_attrs, reason):
+            if self._recover_result(trial, frozen[number].user_attrs, reason):
                 self.in_flight.pop(number, None)
                 continue
-            if self._close(trial._trial_id, number, "FAIL", {STALE_ATTR: reason, FAIL_REASON_ATTR: reason}):
+            if self._close(trial, "FAIL", {STALE_ATTR: reason, FAIL_REASON_ATTR: reason}):
                 released.append(number)
                 if not self.grid:
-                    self.study.enqueue_trial(dict(frozen.params), user_attrs={REQUEUED_ATTR: number})
+                    self.study.enqueue_trial(dict(frozen[number].params), user_attrs={REQUEUED_ATTR: number})
             self.in_flight.pop(number, None)
         return released

@@ -1,7 +1,12 @@
-"""Samplers and pruners from config mappings: `{name: tpe, seed: 0, ...}` or `{_target_: optuna.samplers.X, ...}`.
+"""Samplers and pruners from their configs, built with Hydra's `instantiate`: `{_target_: optuna.samplers.TPESampler,
+seed: 0}`. The config groups `hydra/sweeper/sampler` and `hydra/sweeper/pruner` (conf/hydra/sweeper/) hold one
+config per class, shaped like those of Hydra's Optuna plugin, so its sampler configs work here as they are.
 
-The pruner is rebuilt in every trial's process from the same mapping (passed as JSON in `KBK_OPTUNA_PRUNER`):
-Optuna keeps pruners in processes, not in the storage.
+A key left null takes the class's default. `name: <config>` (the form of presets written before `_target_`,
+`sampler: {name: grid}`) takes the `_target_` of the group's config of that name.
+
+The pruner is rebuilt in every trial's process from the same mapping (JSON in `KBK_OPTUNA_PRUNER`): Optuna keeps
+pruners in processes, not in the storage.
 """
 
 from __future__ import annotations
@@ -16,123 +21,105 @@ if TYPE_CHECKING:
     from optuna.pruners import BasePruner
     from optuna.samplers import BaseSampler
 
-SAMPLERS = {
-    "tpe": "TPESampler",
-    "random": "RandomSampler",
-    "cmaes": "CmaEsSampler",
-    "nsgaii": "NSGAIISampler",
-    "nsgaiii": "NSGAIIISampler",
-    "qmc": "QMCSampler",
-    "gp": "GPSampler",
-    "bruteforce": "BruteForceSampler",
-}
-PRUNERS = {
-    "median": "MedianPruner",
-    "percentile": "PercentilePruner",
-    "hyperband": "HyperbandPruner",
-    "successive_halving": "SuccessiveHalvingPruner",
-    "threshold": "ThresholdPruner",
-    "none": "NopPruner",
-}
-GRID = "grid"  # kbk runs grids itself (see engine.py): every point enqueued, claimed through the storage
+#: kbk runs grids itself (see engine.py): every point enqueued, claimed through the storage.
+GRID_CLASS = "GridSampler"
 
 
-def as_mapping(value: Any, what: str) -> dict[str, Any]:
-    """A config node as a plain dict: `tpe` -> {"name": "tpe"}, None -> {"name": "none"}."""
-    if value is None:
-        return {"name": "none"}
-    if isinstance(value, str):
-        return {"name": value}
-    try:
-        from omegaconf import DictConfig, OmegaConf
+def config_of(value: Any, group: str) -> dict[str, Any]:
+    """A sampler's or pruner's config as a plain dict with its `_target_`, without null keys."""
+    from omegaconf import DictConfig, OmegaConf
 
-        if isinstance(value, DictConfig):
-            value = OmegaConf.to_container(value, resolve=True)
-    except ImportError:
-        pass
+    if isinstance(value, DictConfig):
+        value = OmegaConf.to_container(value, resolve=True)
     if not isinstance(value, Mapping):
-        raise ConfigError(f"hydra.sweeper.{what}={value!r}: expected a name or a mapping with `name`.")
-    return dict(value)
+        raise ConfigError(f"hydra.sweeper.{group}={value!r} is not a config. Fix: pick one with "
+                          f"hydra/sweeper/{group}=<{'|'.join(group_configs(group))}>, or give "
+                          f"hydra.sweeper.{group}._target_=optuna.{group}s.<Class>.")
+    spec = {k: v for k, v in value.items() if v is not None}
+    name = spec.pop("name", None)
+    if name is not None:
+        spec["_target_"] = _target_of(group, str(name))
+    if not spec.get("_target_"):
+        raise ConfigError(f"hydra.sweeper.{group} has no _target_. Fix: pick a config with "
+                          f"hydra/sweeper/{group}=<{'|'.join(group_configs(group))}>.")
+    return spec
 
 
-def sampler_name(spec: Mapping[str, Any]) -> str:
-    if spec.get("_target_"):
-        return str(spec["_target_"]).rsplit(".", 1)[-1]
-    return str(spec.get("name") or "tpe").lower()
+def group_configs(group: str) -> list[str]:
+    from kbk.paths import CONF_DIR
+
+    return sorted(p.stem for p in (CONF_DIR / "hydra" / "sweeper" / group).glob("*.yaml"))
+
+
+def _target_of(group: str, name: str) -> str:
+    from omegaconf import OmegaConf
+
+    from kbk.paths import CONF_DIR
+
+    if name.lower() not in group_configs(group):
+        raise ConfigError(f"hydra.sweeper.{group}.name={name!r} is not a {group} kbk knows: use one of "
+                          f"{', '.join(group_configs(group))} (hydra/sweeper/{group}=<name>), or "
+                          f"`_target_: optuna.{group}s.<Class>`.")
+    return str(OmegaConf.load(CONF_DIR / "hydra" / "sweeper" / group / f"{name.lower()}.yaml")["_target_"])
+
+
+def class_name(spec: Mapping[str, Any]) -> str:
+    return str(spec["_target_"]).rsplit(".", 1)[-1]
 
 
 def is_grid(spec: Mapping[str, Any]) -> bool:
-    return not spec.get("_target_") and sampler_name(spec) == GRID
+    return class_name(spec) == GRID_CLASS
 
 
 def make_sampler(spec: Mapping[str, Any], seed_offset: int = 0) -> BaseSampler:
-    """The Optuna sampler. For the grid, a seeded random sampler stands in: every grid point is enqueued, so it
-    only names the study's sampler (Optuna's `GridSampler` would call `study.stop()` outside `optimize`)."""
+    """The Optuna sampler, its seed moved by `seed_offset` (parallel processes must not propose in lockstep). For
+    the grid a seeded random sampler stands in: every grid point is enqueued, so it only names the study's sampler
+    (Optuna's `GridSampler` would call `study.stop()` outside `optimize`)."""
     import optuna
 
-    kwargs = {k: v for k, v in spec.items() if k not in ("name", "_target_") and v is not None}
-    if kwargs.get("seed") is not None and seed_offset:
-        kwargs["seed"] = int(kwargs["seed"]) + seed_offset
-    name = sampler_name(spec)
-    if spec.get("_target_"):
-        from hydra.utils import get_class
-
-        cls = get_class(str(spec["_target_"]))
-    elif name == GRID:  # arguments meant for another sampler (a preset's, say) do not apply
-        return optuna.samplers.RandomSampler(seed=kwargs.get("seed"))
-    elif name in SAMPLERS:
-        cls = getattr(optuna.samplers, SAMPLERS[name])
-    else:
-        raise ConfigError(
-            f"hydra.sweeper.sampler.name={name!r} is not a sampler kbk knows: use one of "
-            f"{', '.join([GRID, *SAMPLERS])}, or `_target_: optuna.samplers.<Class>`."
-        )
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"hydra.sweeper.sampler: {cls.__name__}({kwargs}) is invalid: {e}. Fix: set the "
-                          "argument to null (hydra.sweeper.sampler.<arg>=null) or drop it.") from None
-
-
-def pruner_spec(value: Any) -> dict[str, Any]:
-    spec = as_mapping(value, "pruner")
-    if not spec.get("_target_"):
-        name = str(spec.get("name") or "none").lower()
-        if name not in PRUNERS:
-            raise ConfigError(
-                f"hydra.sweeper.pruner.name={name!r} is not a pruner kbk knows: use one of {', '.join(PRUNERS)}, "
-                "or `_target_: optuna.pruners.<Class>`."
-            )
-        spec["name"] = name
-    return spec
+    spec = {k: v for k, v in spec.items() if k != "_partial_"}  # the plugin's grid config is partial
+    if "seed" in spec and seed_offset:
+        spec["seed"] = int(spec["seed"]) + seed_offset
+    if is_grid(spec):  # arguments meant for another sampler do not apply
+        return optuna.samplers.RandomSampler(seed=spec.get("seed"))
+    return _build(spec, "sampler", optuna.samplers.BaseSampler)
 
 
 def make_pruner(spec: Mapping[str, Any]) -> BasePruner:
     import optuna
 
-    kwargs = {k: v for k, v in spec.items() if k not in ("name", "_target_") and v is not None}
-    if spec.get("_target_"):
-        from hydra.utils import get_class
+    if class_name(spec) == "NopPruner":  # pruning switched off: arguments meant for a preset's pruner do not apply
+        return optuna.pruners.NopPruner()
+    return _build(spec, "pruner", optuna.pruners.BasePruner)
 
-        cls = get_class(str(spec["_target_"]))
-    else:
-        name = str(spec.get("name") or "none").lower()
-        if name == "none":
-            return optuna.pruners.NopPruner()  # arguments left from a preset's pruner do not apply
-        cls = getattr(optuna.pruners, PRUNERS[name])
+
+def _build(spec: Mapping[str, Any], group: str, kind: type) -> Any:
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    args = {k: v for k, v in spec.items() if k != "_target_"}
     try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"hydra.sweeper.pruner: {cls.__name__}({kwargs}) is invalid: {e}. Fix: set the argument "
-                          "to null (hydra.sweeper.pruner.<arg>=null) or drop it.") from None
+        built = instantiate(dict(spec), _convert_="all")
+    except InstantiationException as e:
+        cause = " ".join(str(e.__cause__ or e).split())
+        raise ConfigError(f"hydra.sweeper.{group}: cannot build {spec['_target_']}({args}): {cause}. Fix: correct "
+                          f"or drop the argument (or set it to null for the class's default).") from None
+    if not isinstance(built, kind):
+        raise ConfigError(f"hydra.sweeper.{group}._target_={spec['_target_']} is not an Optuna {group}. Fix: use "
+                          f"optuna.{group}s.<Class>.")
+    return built
 
 
 def pruner_to_env(spec: Mapping[str, Any]) -> str:
-    return json.dumps({k: v for k, v in spec.items() if v is not None}, sort_keys=True, separators=(",", ":"))
+    return json.dumps(dict(spec), sort_keys=True, separators=(",", ":"))
 
 
 def pruner_from_env(text: str | None) -> BasePruner:
-    return make_pruner(json.loads(text) if text else {"name": "none"})
+    if not text:
+        import optuna
+
+        return optuna.pruners.NopPruner()
+    return make_pruner(config_of(json.loads(text), "pruner"))
 
 
 def directions_of(direction: Any, metrics: list[str]) -> list[str]:

@@ -101,7 +101,7 @@ def check_settings(study: Any, settings: dict[str, str], storage: str,
 def study_name_of(name: str | None, settings: dict[str, str], preset: str | None) -> str:
     """`hydra.sweeper.study_name` resolved: null is `kbk-<hash of the sweep's settings>`, `auto` the same hash after
     the hparams_search preset's name, so a changed setting starts a new study and the same command resumes it."""
-    from kbk.tracking.run_info import config_hash
+    from kbk.tracking.run_params import config_hash
 
     if name and name != "auto":
         return name
@@ -155,7 +155,7 @@ class KbkOptunaSweeperImpl(Sweeper):
         grace_period: float = 300.0,
         plots: bool = True,
     ) -> None:
-        self.sampler_cfg = sampler if sampler is not None else {"name": "tpe"}
+        self.sampler_cfg = sampler
         self.direction = direction
         self.study_name = study_name
         self.storage = storage
@@ -200,8 +200,8 @@ class KbkOptunaSweeperImpl(Sweeper):
 
     def _sweep(self, arguments: list[str]) -> Any:
         from kbk.sweep.factories import pruner_to_env
+        from kbk.sweep.heartbeat import Worker, registered_workers
         from kbk.sweep.storage import open_storage
-        from kbk.sweep.workers import Worker, registered_workers
 
         cfg = self.config
         assert cfg is not None and self.launcher is not None
@@ -227,7 +227,7 @@ class KbkOptunaSweeperImpl(Sweeper):
         env = {ENV_SWEEP: plan.study_name, ENV_STUDY: plan.study_name, ENV_PRUNER: pruner_to_env(plan.pruner)}
         if not url_password(storage_spec):  # with a password, the jobs inherit it (see `_hide_secrets`)
             env[ENV_STORAGE] = storage_spec
-        run = _SweepRun(self, study, plan.space, plan.grid, worker, plan.metrics, env, storage_spec, sweep_dir)
+        run = _SweepRun(self, study, plan, worker, env, sweep_dir)
         try:
             return run.execute(plan.settings, owns_setup)
         finally:
@@ -236,7 +236,7 @@ class KbkOptunaSweeperImpl(Sweeper):
     def _checked_plan(self, arguments: list[str]) -> SweepPlan:
         """Every sweeper setting checked, in the order a user reads them; a `ConfigError` names the key."""
         from kbk.paths import outputs_dir
-        from kbk.sweep.factories import as_mapping, directions_of, is_grid, make_pruner, pruner_spec, sampler_name
+        from kbk.sweep.factories import class_name, config_of, directions_of, is_grid, make_pruner
         from kbk.sweep.space import parse_space
         from kbk.sweep.storage import resolve_storage
 
@@ -246,15 +246,15 @@ class KbkOptunaSweeperImpl(Sweeper):
         if not space.distributions:
             raise ConfigError("The sweep has nothing to vary: set hydra.sweeper.params (or use an "
                               "hparams_search preset) or give a sweep on the command line, e.g. koopman.dim=128,256.")
-        sampler_spec = as_mapping(self.sampler_cfg, "sampler")
+        sampler_spec = config_of(self.sampler_cfg, "sampler")
         grid = is_grid(sampler_spec)
         if grid and self.custom_search_space:
             raise ConfigError("hydra.sweeper.custom_search_space cannot be used with the grid sampler.")
-        self._sampler(sampler_spec)  # an unknown name or a bad argument fails here
-        pruner = pruner_spec(self.pruner_cfg)
+        self._sampler(sampler_spec)  # an unknown class or a bad argument fails here
+        pruner = config_of(self.pruner_cfg, "pruner")
         make_pruner(pruner)
         directions = directions_of(self.direction, metrics)
-        if len(directions) > 1 and (pruner.get("_target_") or pruner.get("name") != "none"):
+        if len(directions) > 1 and class_name(pruner) != "NopPruner":
             log.warning("kbk sweep: Optuna does not prune multi-objective studies; the pruner is not used")
         self._check_numbers(grid)
         if grid:
@@ -265,7 +265,7 @@ class KbkOptunaSweeperImpl(Sweeper):
         check_study_name(study_name)
         storage = self.storage or os.environ.get(ENV_STORAGE) or None  # the environment keeps a password out of files
         storage_spec = resolve_storage(storage, outputs_dir(cfg.paths.outputs), study_name)
-        return SweepPlan(metrics, space, sampler_spec, sampler_name(sampler_spec), grid, pruner, directions,
+        return SweepPlan(metrics, space, sampler_spec, class_name(sampler_spec), grid, pruner, directions,
                          settings, study_name, storage_spec)
 
     def _check_numbers(self, grid: bool) -> None:
@@ -411,16 +411,17 @@ class KbkOptunaSweeperImpl(Sweeper):
 class _SweepRun:
     """One invocation of the sweeper: the loop over batches and what happens around it."""
 
-    def __init__(self, sweeper: KbkOptunaSweeperImpl, study: Any, space: Any, grid: bool, worker: Any,
-                 metrics: list[str], env: dict[str, str], storage_spec: str, sweep_dir: Path) -> None:
+    def __init__(self, sweeper: KbkOptunaSweeperImpl, study: Any, plan: SweepPlan, worker: Any, env: dict[str, str],
+                 sweep_dir: Path) -> None:
         from kbk.sweep.engine import SweepEngine
 
         self.sweeper = sweeper
         self.study = study
-        self.space = space
-        self.metrics = metrics
+        self.plan = plan
+        self.space = plan.space
+        self.metrics = plan.metrics
         self.env = env
-        self.storage_spec = storage_spec
+        self.storage_spec = plan.storage_spec
         self.sweep_dir = sweep_dir
         custom = None
         if sweeper.custom_search_space:
@@ -428,29 +429,22 @@ class _SweepRun:
 
             fn = get_method(sweeper.custom_search_space)
             custom = lambda trial: fn(sweeper.config, trial)  # noqa: E731
-        self.engine = SweepEngine(study, space, n_trials=sweeper.n_trials, grid=grid, dedup=sweeper.dedup,
+        self.engine = SweepEngine(study, plan.space, n_trials=sweeper.n_trials, grid=plan.grid, dedup=sweeper.dedup,
                                   max_failure_rate=sweeper.max_failure_rate, worker=worker, custom_space=custom)
         self.parent = None
         self.returns: list[Any] = []
 
     def _open_parent(self, settings: dict[str, str]) -> None:
-        from kbk.paths import outputs_dir
-        from kbk.sweep.factories import as_mapping, pruner_spec
-        from kbk.sweep.parent import COMMAND_TAG, SweepParent, sweep_command
-        from kbk.tracking.store import resolve_tracking_uri
+        from kbk.sweep.parent import COMMAND_TAG, SweepParent, sweep_command, tracking_store
 
         cfg = self.sweeper.config
-        tracking = cfg.get("tracking")
-        if tracking is None or tracking.get("backend", "mlflow") == "none":
+        store = tracking_store(cfg)
+        if store is None:
             return
-        uri = resolve_tracking_uri(tracking.get("uri"), outputs_dir(cfg.paths.outputs))
-        sampler = {k: v for k, v in as_mapping(self.sweeper.sampler_cfg, "sampler").items() if v is not None}
-        pruner = {k: v for k, v in pruner_spec(self.sweeper.pruner_cfg).items() if v is not None}
         tags = {"kbk.sweep": self.study.study_name, "kbk.sweep_dir": str(self.sweep_dir),
-                "kbk.n_trials": str(self.engine.budget), "kbk.sampler": json.dumps(sampler, default=str),
-                "kbk.pruner": json.dumps(pruner, default=str), COMMAND_TAG: sweep_command(cfg.hydra)}
-        self.parent = SweepParent.open(uri, tracking.get("experiment", "kbk"), self.study, params=settings,
-                                       tags=tags)
+                "kbk.n_trials": str(self.engine.budget), "kbk.sampler": json.dumps(self.plan.sampler_spec, default=str),
+                "kbk.pruner": json.dumps(self.plan.pruner, default=str), COMMAND_TAG: sweep_command(cfg.hydra)}
+        self.parent = SweepParent.open(*store, self.study, params=settings, tags=tags)
         self.env[ENV_PARENT_RUN] = self.parent.run_id
 
     def execute(self, settings: dict[str, str], owns_setup: bool) -> list[Any]:
@@ -572,7 +566,7 @@ class _SweepRun:
         """Whether this process writes the summary of this state of the study. Processes ending together (the
         last trial finishes while the others wait for it) each write their id under one key, wait until all have,
         and the id that stands (the storage keeps the last write) is the one that summarizes."""
-        from kbk.sweep.workers import registered_workers
+        from kbk.sweep.heartbeat import registered_workers
 
         worker = self.engine.worker
         key = f"{SUMMARY_CLAIM_PREFIX}{st.finished}"
@@ -620,7 +614,7 @@ class _SweepRun:
 def creator_gone(creator: Any, host: str) -> bool:
     """True when the process recorded as the study's creator ran on this host and has ended (a study made
     before creators were recorded has none: its creator is waited for)."""
-    from kbk.sweep.workers import WorkerInfo, process_alive
+    from kbk.sweep.heartbeat import WorkerInfo, process_alive
 
     info = WorkerInfo.from_attr(creator)
     return info is not None and info.host == host and not process_alive(info.pid, info.start_ticks)

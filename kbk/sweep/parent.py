@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kbk.errors import TrackingError
+from kbk.urls import redact_url
 
 if TYPE_CHECKING:
     from optuna import Study
@@ -47,10 +48,45 @@ def sweep_command(hydra_cfg: Any) -> str:
 
 def redact_override(override: str) -> str:
     """`key=scheme://user:PW@host` → `key=scheme://user:***@host`; other overrides unchanged."""
-    from kbk.urls import redact_url
-
     key, sep, value = override.partition("=")
     return f"{key}{sep}{redact_url(value)}" if "://" in value else override
+
+
+def tracking_store(cfg: Any) -> tuple[str, str] | None:
+    """(tracking URI, experiment) of a composed config, the URI resolved as every job resolves it; None with
+    `tracking=none`."""
+    tracking = cfg.get("tracking")
+    if tracking is None or tracking.get("backend", "mlflow") == "none":
+        return None
+    from kbk.paths import outputs_dir
+    from kbk.tracking.store import resolve_tracking_uri
+
+    return resolve_tracking_uri(tracking.get("uri"), outputs_dir(cfg.paths.outputs)), tracking.get("experiment", "kbk")
+
+
+def open_parent_run(uri: str, experiment: str, *, name: str, tags: Mapping[str, Any], params: Mapping[str, Any],
+                    run_id: str | None = None) -> MlflowTracker:
+    """The MLflow parent run of a sweep or a multirun, before any job starts: the store's schema and experiment
+    made once, here (jobs starting together would race to make them); then run `run_id` reopened if it is still
+    there, else a new run; its params logged."""
+    from kbk.tracking.mlflow_tracker import MlflowTracker
+    from kbk.tracking.resume import reopen_run
+    from kbk.tracking.store import ensure_experiment
+
+    ensure_experiment(uri, experiment)
+    tracker = None
+    if run_id:
+        try:
+            tracker = reopen_run(uri, experiment, run_id, tags=tags, flush_interval_s=None)
+            log.info("parent run %s reopened", run_id)
+        except TrackingError as e:  # deleted, or the store was replaced: a new parent
+            log.warning("cannot reopen the parent run %s (%s); creating a new one", run_id, e)
+    if tracker is None:
+        tracker = MlflowTracker.start(uri, experiment, run_name=name, tags={**tags, ROLE_TAG: "sweep"},
+                                      flush_interval_s=None)
+        log.info("parent run %s created in %s", tracker.run_id, redact_url(uri))
+    tracker.log_params(params)
+    return tracker
 
 
 class SweepParent:
@@ -65,28 +101,13 @@ class SweepParent:
     def open(cls, uri: str, experiment: str, study: Study, *, params: Mapping[str, Any],
              tags: Mapping[str, Any]) -> SweepParent:
         """Reopen the parent recorded on the study (same store and experiment), or create it and record it."""
-        from kbk.tracking.mlflow_tracker import MlflowTracker
-        from kbk.tracking.store import ensure_experiment
-        from kbk.urls import redact_url
-
-        ensure_experiment(uri, experiment)  # schema + experiment once, here, before any trial process starts
         stored = study.user_attrs.get(PARENT_ATTR) or {}
-        tracker = None
         shown_uri = redact_url(uri)  # the study lives in a shared storage: no password goes there
-        if stored.get("uri") == shown_uri and stored.get("experiment") == experiment and stored.get("run_id"):
-            try:
-                tracker = MlflowTracker.start(uri, experiment, run_id=stored["run_id"], tags=tags,
-                                              flush_interval_s=None)
-                log.info("sweep parent run %s reopened", tracker.run_id)
-            except TrackingError as e:  # deleted, or the store was replaced: a new parent
-                log.warning("cannot reopen the sweep's parent run %s (%s); creating a new one",
-                            stored["run_id"], e)
-        if tracker is None:
-            tracker = MlflowTracker.start(uri, experiment, run_name=f"sweep-{study.study_name}",
-                                          tags={**tags, ROLE_TAG: "sweep"}, flush_interval_s=None)
+        same_store = stored.get("uri") == shown_uri and stored.get("experiment") == experiment
+        tracker = open_parent_run(uri, experiment, name=f"sweep-{study.study_name}", tags=tags, params=params,
+                                  run_id=stored.get("run_id") if same_store else None)
+        if tracker.run_id != stored.get("run_id"):
             study.set_user_attr(PARENT_ATTR, {"uri": shown_uri, "experiment": experiment, "run_id": tracker.run_id})
-            log.info("sweep parent run %s created in %s", tracker.run_id, shown_uri)
-        tracker.log_params(params)
         return cls(tracker)
 
     # ----------------------------------------------------------------------------------------------- children

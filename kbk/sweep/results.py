@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import logging
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,13 +35,13 @@ def metric_names(study: Study, fallback: Sequence[str] = ()) -> list[str]:
     return list(fallback) or [f"objective_{i}" for i in range(len(study.directions))]
 
 
-def trials_table(study: Study, metrics: Sequence[str] = (), include_dropped: bool = False) -> list[dict[str, Any]]:
+def trials_table(study: Study, metrics: Sequence[str] = ()) -> list[dict[str, Any]]:
     """One row per trial: number, state, objective values, params, duration, reasons. Proposals the engine
-    dropped as duplicates or over budget are left out unless asked for."""
+    dropped as duplicates or over budget are left out."""
     names = metric_names(study, metrics)
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if SKIP_ATTR in t.user_attrs and not include_dropped:
+        if SKIP_ATTR in t.user_attrs:
             continue
         row: dict[str, Any] = {"number": t.number, "state": t.state.name}
         for i, name in enumerate(names):
@@ -95,12 +94,12 @@ def counts(study: Study) -> dict[str, int]:
     return out
 
 
-def write_results(folder: Path, study: Study, storage: str, metrics: Sequence[str] = (),
-                  extra: dict[str, Any] | None = None) -> dict[str, Path]:
+def write_results(folder: Path, study: Study, storage: str, metrics: Sequence[str] = ()) -> dict[str, Path]:
     """`optimization_results.yaml` (like Hydra's Optuna sweeper, plus counts and the Pareto front),
     `results.csv` and `results.json` in `folder`."""
     from omegaconf import OmegaConf
 
+    from kbk.files import write_atomic
     from kbk.urls import redact_url
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -111,7 +110,6 @@ def write_results(folder: Path, study: Study, storage: str, metrics: Sequence[st
         "directions": [d.name.lower() for d in study.directions],
         "trials": counts(study),
         **best(study, metrics),
-        **(extra or {}),
     }
     paths = {"yaml": folder / RESULTS_FILE, "csv": folder / "results.csv", "json": folder / "results.json"}
     rows = trials_table(study, metrics)
@@ -122,17 +120,11 @@ def write_results(folder: Path, study: Study, storage: str, metrics: Sequence[st
     writer = csv.DictWriter(table, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(paths["yaml"], OmegaConf.to_yaml(OmegaConf.create(json.loads(json.dumps(summary, default=str)))))
-    _write_atomic(paths["csv"], table.getvalue())
-    _write_atomic(paths["json"], json.dumps(rows, indent=1, default=str))
+    # Several sweeper processes share the sweep folder: a reader must never see a half-written file.
+    write_atomic(paths["yaml"], OmegaConf.to_yaml(OmegaConf.create(json.loads(json.dumps(summary, default=str)))))
+    write_atomic(paths["csv"], table.getvalue())
+    write_atomic(paths["json"], json.dumps(rows, indent=1, default=str))
     return paths
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Several sweeper processes share the sweep folder: a reader must never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_plots(folder: Path, study: Study, metrics: Sequence[str] = ()) -> tuple[list[Path], list[str]]:

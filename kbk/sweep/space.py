@@ -77,9 +77,9 @@ class SearchSpace:
         continuous = [n for n, v in self.values.items() if v is None]
         if continuous:
             raise ConfigError(
-                f"hydra.sweeper.sampler.name=grid needs a discrete search space, but {', '.join(continuous)} "
-                "is an interval. Fix: use choice(...) or range(...) for grid parameters, or another sampler "
-                "(tpe, random)."
+                f"The grid sampler (hydra/sweeper/sampler=grid) needs a discrete search space, but "
+                f"{', '.join(continuous)} is an interval. Fix: use choice(...) or range(...) for grid parameters, or "
+                "another sampler (hydra/sweeper/sampler=tpe, random)."
             )
         if not self.values:
             raise ConfigError("hydra.sweeper.params is empty: a sweep needs at least one parameter to vary.")

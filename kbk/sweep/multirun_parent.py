@@ -22,7 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from kbk.sweep import ENV_PARENT_RUN, ENV_SWEEP
-from kbk.sweep.parent import COMMAND_TAG, ROLE_TAG, redact_override, sweep_command
+from kbk.sweep.parent import COMMAND_TAG, open_parent_run, redact_override, sweep_command, tracking_store
 
 log = logging.getLogger(__name__)
 
@@ -90,36 +90,25 @@ class MultirunParent(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if _uses_kbk_sweeper(config):
             return
-        tracking = config.get("tracking")
-        if tracking is None or tracking.get("backend", "mlflow") == "none":
+        store = tracking_store(config)
+        if store is None:
             return
         from pathlib import Path
 
-        from kbk.paths import outputs_dir
-        from kbk.tracking.mlflow_tracker import MlflowTracker
-        from kbk.tracking.store import ensure_experiment, resolve_tracking_uri
-
-        uri = resolve_tracking_uri(tracking.get("uri"), outputs_dir(config.paths.outputs))
-        experiment = tracking.get("experiment", "kbk")
+        uri, experiment = store
         sweep_dir = Path(str(config.hydra.sweep.dir))
         self.sweep_name = f"{config.get('name', 'kbk')}/{sweep_dir.name}"
-        ensure_experiment(uri, experiment)
         overrides = [redact_override(str(o)) for o in config.hydra.overrides.task]
-        space = swept_overrides(overrides)
-        command = sweep_command(config.hydra)
-        self._tracker = MlflowTracker.start(
-            uri, experiment, run_name=f"multirun-{sweep_dir.name}", flush_interval_s=None,
-            tags={ROLE_TAG: "sweep", "kbk.sweep": self.sweep_name, "kbk.sweep_dir": str(sweep_dir),
-                  "kbk.overrides": " ".join(overrides)[:8000], COMMAND_TAG: command},
-        )
+        tags = {"kbk.sweep": self.sweep_name, "kbk.sweep_dir": str(sweep_dir),
+                "kbk.overrides": " ".join(overrides)[:8000], COMMAND_TAG: sweep_command(config.hydra)}
         # The swept overrides are the search space (`kbk.compare` groups by them), the rest the fixed settings.
-        self._tracker.log_params(space)
+        self._tracker = open_parent_run(uri, experiment, name=f"multirun-{sweep_dir.name}", tags=tags,
+                                        params=swept_overrides(overrides))
         self.parent_run_id = self._tracker.run_id
         self._experiment = experiment
         self._metric = config.get("optimized_metric", "val/ppl")
         os.environ[ENV_PARENT_RUN] = self.parent_run_id
         os.environ[ENV_SWEEP] = self.sweep_name
-        log.info("multirun parent run %s in %s", self.parent_run_id, uri)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent_run_id is None:
