@@ -133,8 +133,6 @@ class SweepEngine:
         custom_space: Callable[[Trial], None] | None = None,
         params_wait_s: float = PARAMS_WAIT_S,
     ) -> None:
-        from kbk.errors import ConfigError
-
         self.study = study
         self.space = space
         self.grid = grid
@@ -146,15 +144,10 @@ class SweepEngine:
         self.in_flight: dict[int, Trial] = {}
         self.grid_points = space.grid() if grid else []
         self.grid_keys = {params_key(p): p for p in self.grid_points}
+        # n_trials is checked by the sweeper (`_check_numbers`): > 0, and null only for a grid (every point).
+        self.budget = len(self.grid_points) if n_trials is None else int(n_trials)
         if grid:
-            self.budget = len(self.grid_points) if n_trials is None else min(int(n_trials), len(self.grid_points))
-        elif n_trials is None:
-            raise ConfigError("hydra.sweeper.n_trials=null means 'the whole grid'; with a non-grid sampler give "
-                              "a number of trials.")
-        else:
-            self.budget = int(n_trials)
-        if self.budget <= 0:
-            raise ConfigError(f"hydra.sweeper.n_trials={n_trials} must be > 0.")
+            self.budget = min(self.budget, len(self.grid_points))
         self.max_failures = math.floor(float(max_failure_rate) * self.budget + 1e-9)
 
     # -------------------------------------------------------------------------------------------- reading

@@ -151,3 +151,10 @@ def registered_workers(study: Study) -> dict[str, WorkerInfo]:
             if info is not None:
                 out[key[len(WORKER_PREFIX) :]] = info
     return out
+
+
+def creator_gone(creator: Any, host: str) -> bool:
+    """True when the process recorded as a study's creator (`WorkerInfo.as_attr`) ran on this host and has ended
+    (a study made before creators were recorded has none: its creator is waited for)."""
+    info = WorkerInfo.from_attr(creator)
+    return info is not None and info.host == host and not process_alive(info.pid, info.start_ticks)

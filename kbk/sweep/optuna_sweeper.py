@@ -34,7 +34,24 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
 from kbk.errors import ConfigError, KbkError
+from kbk.identity import changed_settings, experiment_settings
+from kbk.paths import outputs_dir
 from kbk.sweep import ENV_PARENT_RUN, ENV_PRUNER, ENV_STORAGE, ENV_STUDY, ENV_SWEEP, ENV_TRIAL
+from kbk.sweep.engine import Outcome, SweepEngine, outcome_from_exception, outcome_from_return
+from kbk.sweep.factories import (
+    class_name,
+    config_of,
+    directions_of,
+    is_grid,
+    make_pruner,
+    make_sampler,
+    pruner_to_env,
+)
+from kbk.sweep.heartbeat import Worker, creator_gone, registered_workers
+from kbk.sweep.parent import COMMAND_TAG, SweepParent, sweep_command, tracking_store
+from kbk.sweep.results import write_results
+from kbk.sweep.space import format_value, parse_space
+from kbk.sweep.storage import open_storage, resolve_storage
 from kbk.urls import redact_text, redact_url, url_password
 
 log = logging.getLogger(__name__)
@@ -68,8 +85,6 @@ def metric_names(cfg: DictConfig) -> list[str]:
 def sweep_settings(cfg: DictConfig, space: dict[str, str], directions: list[str]) -> dict[str, str]:
     """What makes two sweeper commands the same study: the experiment (`kbk.identity`), the search space and the
     directions. Stored on the study; a later command with other settings is refused (`check_settings`)."""
-    from kbk.identity import experiment_settings
-
     flat = experiment_settings(cfg)
     flat.update({f"sweep.params.{k}": v for k, v in space.items()})
     flat["sweep.directions"] = json.dumps(directions)
@@ -80,8 +95,6 @@ def check_settings(study: Any, settings: dict[str, str], storage: str,
                    defaults: Callable[[], dict[str, str]] | None = None) -> None:
     """Refuse a study made with other settings. `defaults()`: the settings without the user's overrides, asked
     for only when the study lacks a key (one kbk gained since): a key at its default is the same experiment."""
-    from kbk.identity import changed_settings
-
     stored = study.user_attrs.get(SETTINGS_ATTR)
     if not stored or stored == settings:
         return
@@ -122,19 +135,12 @@ class SweepPlan:
     metrics: list[str]
     space: Any
     sampler_spec: dict[str, Any]
-    sampler_name: str
     grid: bool
     pruner: dict[str, Any]
     directions: list[str]
     settings: dict[str, str]
     study_name: str
     storage_spec: str
-
-
-def _quote(value: str) -> str:
-    from kbk.sweep.space import format_value
-
-    return format_value(str(value))
 
 
 class KbkOptunaSweeperImpl(Sweeper):
@@ -199,10 +205,6 @@ class KbkOptunaSweeperImpl(Sweeper):
             sys.exit(130)
 
     def _sweep(self, arguments: list[str]) -> Any:
-        from kbk.sweep.factories import pruner_to_env
-        from kbk.sweep.heartbeat import Worker, registered_workers
-        from kbk.sweep.storage import open_storage
-
         cfg = self.config
         assert cfg is not None and self.launcher is not None
         plan = self._checked_plan(arguments)  # every check first: nothing exists yet when one fails
@@ -214,7 +216,7 @@ class KbkOptunaSweeperImpl(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / "multirun.yaml").write_text(redact_text(OmegaConf.to_yaml(cfg), secrets))
         log.info("kbk sweep: study %r in %s, %s sampler, %s, params %s", plan.study_name, redact_url(storage_spec),
-                 plan.sampler_name, "/".join(plan.directions), plan.space.describe())
+                 class_name(plan.sampler_spec), "/".join(plan.directions), plan.space.describe())
 
         worker = Worker(self.heartbeat_interval, self.grace_period)
         study, created = self._open_study(storage, plan, worker)
@@ -222,7 +224,7 @@ class KbkOptunaSweeperImpl(Sweeper):
         owns_setup = created or SETTINGS_ATTR not in study.user_attrs
         seed_offset = 0 if created else len(registered_workers(study))
         if seed_offset:  # parallel processes with one seed would propose the same trials in lockstep
-            study.sampler = self._sampler(plan.sampler_spec, seed_offset)
+            study.sampler = make_sampler(plan.sampler_spec, seed_offset)
         worker.start(study)
         env = {ENV_SWEEP: plan.study_name, ENV_STUDY: plan.study_name, ENV_PRUNER: pruner_to_env(plan.pruner)}
         if not url_password(storage_spec):  # with a password, the jobs inherit it (see `_hide_secrets`)
@@ -235,10 +237,6 @@ class KbkOptunaSweeperImpl(Sweeper):
 
     def _checked_plan(self, arguments: list[str]) -> SweepPlan:
         """Every sweeper setting checked, in the order a user reads them; a `ConfigError` names the key."""
-        from kbk.paths import outputs_dir
-        from kbk.sweep.factories import class_name, config_of, directions_of, is_grid, make_pruner
-        from kbk.sweep.space import parse_space
-        from kbk.sweep.storage import resolve_storage
 
         cfg = self.config
         metrics = metric_names(cfg)
@@ -250,7 +248,7 @@ class KbkOptunaSweeperImpl(Sweeper):
         grid = is_grid(sampler_spec)
         if grid and self.custom_search_space:
             raise ConfigError("hydra.sweeper.custom_search_space cannot be used with the grid sampler.")
-        self._sampler(sampler_spec)  # an unknown class or a bad argument fails here
+        make_sampler(sampler_spec)  # an unknown class or a bad argument fails here
         pruner = config_of(self.pruner_cfg, "pruner")
         make_pruner(pruner)
         directions = directions_of(self.direction, metrics)
@@ -265,7 +263,7 @@ class KbkOptunaSweeperImpl(Sweeper):
         check_study_name(study_name)
         storage = self.storage or os.environ.get(ENV_STORAGE) or None  # the environment keeps a password out of files
         storage_spec = resolve_storage(storage, outputs_dir(cfg.paths.outputs), study_name)
-        return SweepPlan(metrics, space, sampler_spec, class_name(sampler_spec), grid, pruner, directions,
+        return SweepPlan(metrics, space, sampler_spec, grid, pruner, directions,
                          settings, study_name, storage_spec)
 
     def _check_numbers(self, grid: bool) -> None:
@@ -293,7 +291,6 @@ class KbkOptunaSweeperImpl(Sweeper):
         from omegaconf import open_dict
 
         from kbk.run import settings_of
-        from kbk.sweep.space import format_value
 
         for point in space.corners():
             shown = " ".join(f"{k}={format_value(v)}" for k, v in point.items())
@@ -347,20 +344,14 @@ class KbkOptunaSweeperImpl(Sweeper):
             config_name=cfg.hydra.job.config_name, overrides=overrides, run_mode=RunMode.MULTIRUN)
         return sweep_settings(default, plan.space.signature(), plan.directions)
 
-    def _sampler(self, spec: dict[str, Any], seed_offset: int = 0) -> Any:
-        from kbk.sweep.factories import make_sampler
-
-        return make_sampler(spec, seed_offset)
-
     def _open_study(self, storage: Any, plan: SweepPlan, worker: Any) -> tuple[Any, bool]:
         """Create the study (this process is its creator) or load it and wait until its creator has set it up
         (not at all when the creator is gone); then check that its settings are this command's."""
         import optuna
 
-        from kbk.sweep.factories import make_pruner
 
         name, directions = plan.study_name, plan.directions
-        sampler, pruner_obj = self._sampler(plan.sampler_spec), make_pruner(plan.pruner)
+        sampler, pruner_obj = make_sampler(plan.sampler_spec), make_pruner(plan.pruner)
         try:
             study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
                                         pruner=pruner_obj)
@@ -393,7 +384,7 @@ class KbkOptunaSweeperImpl(Sweeper):
     def job_overrides(self, trial: Any, space: Any, env: dict[str, str], subdir: bool) -> list[str]:
         overrides = space.overrides(trial.params)
         env = {**env, ENV_TRIAL: str(trial.number)}
-        overrides += [f"++hydra.job.env_set.{k}={_quote(v)}" for k, v in env.items()]
+        overrides += [f"++hydra.job.env_set.{k}={format_value(str(v))}" for k, v in env.items()]
         if subdir:
             overrides.append(f"hydra.sweep.subdir={trial.number}")
         return overrides
@@ -413,7 +404,6 @@ class _SweepRun:
 
     def __init__(self, sweeper: KbkOptunaSweeperImpl, study: Any, plan: SweepPlan, worker: Any, env: dict[str, str],
                  sweep_dir: Path) -> None:
-        from kbk.sweep.engine import SweepEngine
 
         self.sweeper = sweeper
         self.study = study
@@ -435,8 +425,6 @@ class _SweepRun:
         self.returns: list[Any] = []
 
     def _open_parent(self, settings: dict[str, str]) -> None:
-        from kbk.sweep.parent import COMMAND_TAG, SweepParent, sweep_command, tracking_store
-
         cfg = self.sweeper.config
         store = tracking_store(cfg)
         if store is None:
@@ -475,7 +463,6 @@ class _SweepRun:
 
     def _launch(self, batch: list[Any]) -> list[Any]:
         """Run a batch through the Hydra launcher; one outcome per trial."""
-        from kbk.sweep.engine import Outcome, outcome_from_exception, outcome_from_return
 
         sweeper = self.sweeper
         numbers = [t.number for t in batch]
@@ -513,8 +500,6 @@ class _SweepRun:
         return [outcomes[t.number] for t in batch]
 
     def _on_tell(self, trial: Any, outcome: Any) -> None:
-        from kbk.sweep.space import format_value
-
         params = " ".join(f"{k}={format_value(v)}" for k, v in trial.params.items())
         if outcome.state == "COMPLETE":
             shown = ", ".join(f"{n}={v:.6g}" for n, v in zip(self.metrics, outcome.values, strict=True))
@@ -531,8 +516,6 @@ class _SweepRun:
                                              "the trial was re-queued") for n in numbers})
 
     def _write_results(self) -> dict[str, Path]:
-        from kbk.sweep.results import write_results
-
         try:
             return write_results(self.sweep_dir, self.study, self.storage_spec, self.metrics)
         except Exception as e:  # noqa: BLE001 (a results file must not stop the sweep)
@@ -566,7 +549,6 @@ class _SweepRun:
         """Whether this process writes the summary of this state of the study. Processes ending together (the
         last trial finishes while the others wait for it) each write their id under one key, wait until all have,
         and the id that stands (the storage keeps the last write) is the one that summarizes."""
-        from kbk.sweep.heartbeat import registered_workers
 
         worker = self.engine.worker
         key = f"{SUMMARY_CLAIM_PREFIX}{st.finished}"
@@ -609,15 +591,6 @@ class _SweepRun:
                 self.parent.end("KILLED" if interrupted else "FAILED", reason=reason)
             except Exception:  # noqa: BLE001
                 pass
-
-
-def creator_gone(creator: Any, host: str) -> bool:
-    """True when the process recorded as the study's creator ran on this host and has ended (a study made
-    before creators were recorded has none: its creator is waited for)."""
-    from kbk.sweep.heartbeat import WorkerInfo, process_alive
-
-    info = WorkerInfo.from_attr(creator)
-    return info is not None and info.host == host and not process_alive(info.pid, info.start_ticks)
 
 
 def _raise_system_exit(signum: int, frame: Any) -> None:
