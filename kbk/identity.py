@@ -39,7 +39,7 @@ def experiment_config(cfg: Mapping[str, Any], *, resolve: bool = True) -> dict[s
 
 def run_hash(cfg: Mapping[str, Any]) -> str:
     """The run's config hash (16 hex digits): its checkpoint folder's name and its `kbk.config_hash` tag."""
-    from kbk.tracking.run_info import config_hash
+    from kbk.tracking.run_params import config_hash
 
     return config_hash(experiment_config(cfg))
 
@@ -47,7 +47,7 @@ def run_hash(cfg: Mapping[str, Any]) -> str:
 def experiment_settings(cfg: Mapping[str, Any]) -> dict[str, str]:
     """The experiment's settings flattened (`{"koopman.dim": "256", ...}`), interpolations unresolved: what a
     study stores to recognise a later command of the same sweep."""
-    from kbk.tracking.run_info import flatten
+    from kbk.tracking.run_params import flatten
 
     return flatten(experiment_config(cfg, resolve=False))
 

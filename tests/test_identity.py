@@ -11,7 +11,7 @@ from omegaconf import open_dict
 from kbk.identity import IGNORED_KEYS, changed_settings, experiment_config, run_hash
 from kbk.sweep.optuna_sweeper import sweep_settings
 from kbk.sweep.space import parse_space
-from kbk.tracking.run_info import config_hash
+from kbk.tracking.run_params import config_hash
 
 #: Overrides → (the run's config hash, a hash of the koopman_dim_grid study's stored settings), both computed by
 #: kbk before `kbk.identity` existed (commit 4650587).

@@ -196,7 +196,7 @@ def test_partial_checkpoints_are_removed_and_the_folder_lock_is_exclusive(tmp_pa
 
 
 def test_run_json_of_a_killed_writer_reads_as_empty(tmp_path):
-    from kbk.run import read_json
+    from kbk.tracking.resume import read_run_record
 
     (tmp_path / "run.json").write_text('{"run_id": "ab')
-    assert read_json(tmp_path / "run.json") == {} and read_json(tmp_path / "missing.json") == {}
+    assert read_run_record(tmp_path) == {} and read_run_record(tmp_path / "missing") == {}

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf, open_dict
 from kbk.paths import CONF_DIR
 from kbk.run import register_configs  # noqa: F401 (registers the schema the config composes against)
 from kbk.sweep.optuna_sweeper import sweep_settings
-from kbk.tracking.run_info import flatten
+from kbk.tracking.run_params import flatten
 
 
 def test_parent_and_trial_params_agree():

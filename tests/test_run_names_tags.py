@@ -10,9 +10,11 @@ from omegaconf import open_dict
 from test_run import run_in_process
 
 from kbk.errors import ConfigError
-from kbk.run import identity, run_name, settings_of, user_tags
+from kbk.identity import IGNORED_KEYS, experiment_config
+from kbk.run import settings_of
 from kbk.sweep.optuna_sweeper import study_name_of, sweep_settings
-from kbk.tracking.run_info import config_hash
+from kbk.tracking.run_params import config_hash
+from kbk.tracking.run_tags import run_name, user_tags
 
 HASH = "0123456789abcdef"
 
@@ -31,16 +33,17 @@ def test_run_name_is_the_overrides_that_change_the_computation():
     typed = ["model=small", "koopman.dim=512", "paths.outputs=/tmp/x", "tracking.uri=postgresql://u:secret@h/db",
              "tracking=none", "+hydra.sweeper.storage=sqlite:///s.db", "trainer.resume=true",
              "trainer.log_checkpoint=true", "tags=[baseline]", "notes=first try", "+model.extra=1"]
-    assert run_name(typed, HASH) == "model=small,koopman.dim=512,model.extra=1 #01234567"
+    assert run_name(typed, HASH, IGNORED_KEYS) == "model=small,koopman.dim=512,model.extra=1 #01234567"
 
 
 def test_run_name_without_overrides_is_default_and_a_long_one_is_cut():
-    assert run_name([], HASH) == "default #01234567"
-    assert run_name(["paths.outputs=/tmp/x"], HASH) == "default #01234567"
+    assert run_name([], HASH, IGNORED_KEYS) == "default #01234567"
+    assert run_name(["paths.outputs=/tmp/x"], HASH, IGNORED_KEYS) == "default #01234567"
     long = [f"koopman.dim={n}" for n in range(100, 120)]
-    assert run_name(long, HASH) == ",".join(long)[:60] + " #01234567"
+    assert run_name(long, HASH, IGNORED_KEYS) == ",".join(long)[:60] + " #01234567"
     # A key that only starts like a left-out one is kept.
-    assert run_name(["trainer.resume_from_x=1", "pathsy=2"], HASH) == "trainer.resume_from_x=1,pathsy=2 #01234567"
+    assert run_name(["trainer.resume_from_x=1", "pathsy=2"], HASH, IGNORED_KEYS) == (
+        "trainer.resume_from_x=1,pathsy=2 #01234567")
 
 
 # ------------------------------------------------------------------------------------------------ tags, notes
@@ -55,8 +58,8 @@ def test_tags_and_notes_are_not_part_of_the_config_hash_nor_the_sweep_settings()
     plain = compose_kbk([*TINY], hydra=True)
     labelled = compose_kbk([*TINY, "tags=[baseline,'owner=ana']", "notes=first try"], hydra=True)
     assert list(labelled.tags) == ["baseline", "owner=ana"] and labelled.notes == "first try"
-    assert config_hash(identity(task_config([*TINY]))) == config_hash(
-        identity(task_config([*TINY, "tags=[baseline,'owner=ana']", "notes=first try"])))
+    assert config_hash(experiment_config(task_config([*TINY]))) == config_hash(
+        experiment_config(task_config([*TINY, "tags=[baseline,'owner=ana']", "notes=first try"])))
     space = {"koopman.dim": "choice(8, 16)"}
     assert sweep_settings(plain, space, ["minimize"]) == sweep_settings(labelled, space, ["minimize"])
     # ... while a setting still changes both (the check above is not vacuous).
@@ -78,7 +81,7 @@ def test_a_tracked_run_carries_the_tags_notes_and_a_name_from_its_overrides(tmp_
     tags = run.data.tags
     assert tags["kbk.tags"] == "baseline" and tags["owner"] == "ana"
     assert tags["mlflow.note.content"] == "first try"
-    run_hash = config_hash(identity(task_config([*TINY, f"paths.outputs={outputs}"])))
+    run_hash = config_hash(experiment_config(task_config([*TINY, f"paths.outputs={outputs}"])))
     assert tags["kbk.config_hash"] == run_hash  # the labels did not change the run's identity
     assert run.info.run_name == f"{','.join(TINY)[:60]} #{run_hash[:8]}"
     assert not {k for k in run.data.params if k.startswith(("tags", "notes"))}  # tags, not params

@@ -22,9 +22,12 @@ import pytest
 
 from kbk.errors import TrackingError
 from kbk.tracking.base import Tracker
-from kbk.tracking.mlflow_tracker import LONG_PARAMS_ARTIFACT, MlflowTracker
+from kbk.tracking.mlflow_tracker import MlflowTracker
+from kbk.tracking.mlflow_writer import LONG_PARAMS_ARTIFACT
 from kbk.tracking.plots import plot_training_curves
-from kbk.tracking.run_info import config_hash, flatten, git_info, run_tags, without_paths
+from kbk.tracking.resume import reopen_run
+from kbk.tracking.run_params import config_hash, flatten
+from kbk.tracking.run_tags import git_info
 from kbk.tracking.store import ensure_experiment, resolve_tracking_uri
 
 
@@ -60,7 +63,8 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
 
 def test_importing_tracking_modules_does_not_import_mlflow_or_matplotlib():
     code = (
-        "import sys, kbk.tracking, kbk.tracking.store, kbk.tracking.run_info, kbk.tracking.mlflow_tracker, "
+        "import sys, kbk.tracking, kbk.tracking.store, kbk.tracking.run_params, "
+        "kbk.tracking.run_tags, kbk.tracking.mlflow_writer, kbk.tracking.mlflow_tracker, kbk.tracking.resume, "
         "kbk.tracking.plots; print(sorted(m for m in ('mlflow', 'matplotlib', 'torch', 'omegaconf') "
         "if m in sys.modules))"
     )
@@ -140,7 +144,7 @@ def test_unreachable_server_fails_fast_and_creates_nothing(tmp_path: Path, monke
     assert list(tmp_path.iterdir()) == []  # no fallback store (mlflow.db, mlruns/) in the current folder
 
 
-# ------------------------------------------------------------------------------------------------ run_info
+# ---------------------------------------------------------------------------------------------- run_params
 
 
 def test_flatten_makes_dotted_string_params():
@@ -169,35 +173,14 @@ def test_flatten_makes_dotted_string_params():
     assert flatten({"dim": 4}, prefix="koopman") == {"koopman.dim": "4"}
 
 
-def test_config_hash_is_stable_and_ignores_paths():
-    a = {
-        "koopman": {"dim": 256},
-        "data": {"name": "synthetic", "data_dir": "/tmp/a", "cache_path": "/x"},
-        "hydra": {"run": {"dir": "outputs/1"}},
-        "tracking": {"uri": "sqlite:////a/mlflow.db"},
-        "output_dir": "/somewhere",
-        "bidir": True,
-    }
-    b = {
-        "output_dir": "/elsewhere",
-        "tracking": {"uri": "http://h:5000"},
-        "hydra": {"run": {"dir": "outputs/2"}},
-        "data": {"cache_path": "/y", "data_dir": "/tmp/b", "name": "synthetic"},
-        "koopman": {"dim": 256},
-        "bidir": True,
-    }
-    kept = without_paths(a)
-    assert kept == {
-        "koopman": {"dim": 256},
-        "data": {"name": "synthetic"},
-        "tracking": {},
-    }  # "bidir" ends in dir
-    assert config_hash(without_paths(a)) == config_hash(without_paths(b))
-    assert len(config_hash(kept)) == 16 and config_hash(kept) == config_hash(json.loads(json.dumps(kept)))
-    assert config_hash(without_paths({**a, "koopman": {"dim": 128}})) != config_hash(kept)
-    assert without_paths(a, drop=("hydra",))["data"]["data_dir"] == "/tmp/a"  # callers choose what to drop
-    assert without_paths(a, drop=("data.cache_path",))["data"] == {"name": "synthetic", "data_dir": "/tmp/a"}
-    assert run_tags(a)["kbk.config_hash"] == config_hash(kept)
+def test_config_hash_is_stable_whatever_the_key_order():
+    """What a run's hash leaves out (paths, tracking, labels) is kbk.identity's, tested in test_identity.py."""
+    a = {"koopman": {"dim": 256}, "data": {"name": "synthetic", "sizes": (1, 2)}, "bidir": True}
+    b = {"bidir": True, "data": {"sizes": [1, 2], "name": "synthetic"}, "koopman": {"dim": 256}}
+    assert config_hash(a) == config_hash(b) == config_hash(json.loads(json.dumps(a)))
+    assert len(config_hash(a)) == 16
+    assert config_hash({**a, "koopman": {"dim": 128}}) != config_hash(a)
+    assert config_hash({"lr": 1}) != config_hash({"lr": 1.0})  # different settings
 
 
 def test_git_info_reads_the_repository_and_degrades_gracefully(tmp_path: Path):
@@ -304,7 +287,7 @@ def test_params_are_immutable_but_relogging_the_same_value_is_fine(store_uri: st
         "lr": "0.001",
     }  # new_key not written
 
-    resumed = MlflowTracker.start(store_uri, experiment, run_id=tracker.run_id)  # params come from the store
+    resumed = reopen_run(store_uri, experiment, tracker.run_id)  # params come from the store
     resumed.log_params({"koopman.dim": 256, "lr": 0.001})
     with pytest.raises(TrackingError, match="lr"):
         resumed.log_params({"lr": 0.01})
@@ -327,7 +310,7 @@ def test_long_param_is_logged_as_json_artifact(store_uri: str, experiment: str, 
     local = client.download_artifacts(tracker.run_id, LONG_PARAMS_ARTIFACT, str(tmp_path))
     assert json.loads(json.loads(Path(local).read_text())["schedule.milestones"]) == schedule
 
-    resumed = MlflowTracker.start(store_uri, experiment, run_id=tracker.run_id)
+    resumed = reopen_run(store_uri, experiment, tracker.run_id)
     resumed.log_params({"other": "y" * 7000})  # a resumed run adds to the artifact instead of replacing it
     resumed.end()
     local = client.download_artifacts(tracker.run_id, LONG_PARAMS_ARTIFACT, str(tmp_path / "again"))
@@ -367,7 +350,7 @@ def test_resume_appends_to_the_same_run(store_uri: str, experiment: str, client)
     assert first.last_logged_step("val/loss") is None
     first.end("KILLED", reason="stopped by SIGTERM")
 
-    resumed = MlflowTracker.start(store_uri, experiment, run_id=first.run_id, tags={"resumed_from": "ckpt-9"})
+    resumed = reopen_run(store_uri, experiment, first.run_id, tags={"resumed_from": "ckpt-9"})
     assert resumed.run_id == first.run_id and resumed.run_name == "resumable"
     run = client.get_run(first.run_id)
     assert run.info.status == "RUNNING" and "kbk.end_reason" not in run.data.tags
@@ -380,10 +363,10 @@ def test_resume_appends_to_the_same_run(store_uri: str, experiment: str, client)
     assert _history(client, first.run_id, "train/loss_lm") == [(s, float(s)) for s in range(15)]
     assert client.get_run(first.run_id).info.status == "FINISHED"
     with pytest.raises(TrackingError, match="not in"):
-        MlflowTracker.start(store_uri, experiment, run_id="f" * 32)
+        reopen_run(store_uri, experiment, "f" * 32)
     ensure_experiment(store_uri, "some-other-experiment")
     with pytest.raises(TrackingError, match="belongs to experiment"):
-        MlflowTracker.start(store_uri, "some-other-experiment", run_id=first.run_id)
+        reopen_run(store_uri, "some-other-experiment", first.run_id)
 
 
 def test_failed_writes_keep_metrics_buffered_and_detach_leaves_the_run_open(
@@ -402,7 +385,7 @@ def test_failed_writes_keep_metrics_buffered_and_detach_leaves_the_run_open(
     assert client.get_run(tracker.run_id).info.status == "RUNNING"
     with pytest.raises(RuntimeError, match="already ended"):
         tracker.log_metrics({"train/loss_lm": 0.5}, step=2)
-    MlflowTracker.start(store_uri, experiment, run_id=tracker.run_id).end()
+    reopen_run(store_uri, experiment, tracker.run_id).end()
     assert client.get_run(tracker.run_id).info.status == "FINISHED"
 
 
@@ -565,7 +548,7 @@ def test_artifacts_folder_dict_figure_and_file(store_uri: str, experiment: str, 
         tracker.log_dict({"best_val_loss": 1.25, "steps": 10})
         tracker.log_artifact(checkpoint, "checkpoints")
         tracker.log_text("koopman:\n  dim: 256\n", "config_resolved.yaml")
-        tracker.log_training_curves(history)
+        tracker.log_artifact(plot_training_curves(history, tmp_path / "plots" / "training_curves.png"), "plots")
         with pytest.raises(TrackingError, match="no such file"):
             tracker.log_artifact(tmp_path / "missing.pt")
     listed = {f.path for f in client.list_artifacts(tracker.run_id)}

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from services import ServiceUnavailable, mlflow_server, postgres_server
 
-from kbk.tracking.mlflow_tracker import LONG_PARAMS_ARTIFACT, MlflowTracker
+from kbk.tracking.mlflow_tracker import MlflowTracker
+from kbk.tracking.mlflow_writer import LONG_PARAMS_ARTIFACT
+from kbk.tracking.resume import reopen_run
 from kbk.tracking.store import ensure_experiment, resolve_tracking_uri
 
 pytestmark = pytest.mark.integration
@@ -84,7 +86,7 @@ def test_run_through_a_tracking_server(server, tmp_path: Path):
     )
     assert [r.info.run_id for r in children] == [tracker.run_id]
 
-    resumed = MlflowTracker.start(uri, "integration", run_id=tracker.run_id, parent_run_id=parent.run_id)
+    resumed = reopen_run(uri, "integration", tracker.run_id, parent_run_id=parent.run_id)
     resumed.log_metrics({"train/loss_lm": 3.0}, step=300)
     resumed.end()
     assert fresh.get_run(tracker.run_id).info.status == "FINISHED"

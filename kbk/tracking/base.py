@@ -31,7 +31,11 @@ class Tracker(Protocol):
 
 class NullTracker:
     """Tracks nothing: for tests, notebooks and `tracking=none`. Keeps the logged metrics for inspection, and
-    still hands `report` to `report_hook` (so a sweep can prune trials that track nothing)."""
+    still hands `report` to `report_hook` (so a sweep can prune trials that track nothing). Has the run lifecycle
+    of `MlflowTracker` too (a context manager, signal handling), doing nothing, so a job treats both alike."""
+
+    run_id = None
+    deferred_signal = None
 
     def __init__(self, report_hook=None) -> None:
         self.history: list[tuple[int, dict[str, float]]] = []
@@ -54,4 +58,22 @@ class NullTracker:
             self.report_hook(value, step)
 
     def flush(self) -> None:
+        pass
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        pass
+
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        pass
+
+    def install_signal_handlers(self) -> None:
+        pass  # a signal stops the job as it would any program: there is no run to end
+
+    def defer_signals(self) -> None:
+        pass
+
+    def __enter__(self) -> NullTracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         pass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,25 +11,14 @@ import numpy as np
 import torch
 
 from kbk.errors import CheckpointError
+from kbk.files import write_atomic
 
 FORMAT_VERSION = 1
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write `state` to `path` via a temporary file in the same folder, fsync, then an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write `state` to `path` atomically, fsynced: a power cut too leaves the previous checkpoint or this one."""
+    return write_atomic(path, lambda f: torch.save({"format_version": FORMAT_VERSION, **state}, f), fsync=True)
 
 
 class CheckpointFolderLock:
