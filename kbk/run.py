@@ -98,7 +98,8 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
 
         with tracker:  # train, then log; an exception ends the MLflow run FAILED (KILLED for a stop)
             tracker.install_signal_handlers()
-            trainer.tracker = continue_logging(tracker, trainer.history)  # a resumed run: no gap, no duplicate
+            # A resumed run's store catches up with the checkpoint, then skips the steps it holds: no gap, no duplicate.
+            trainer.tracker = tracker if previous is None else continue_logging(tracker, trainer.history)
             try:
                 summary = trainer.fit()
             except TrainingDiverged as exc:

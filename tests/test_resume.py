@@ -217,3 +217,19 @@ def test_a_refused_resume_leaves_the_stored_run_as_it_was(tmp_path, finished_run
     assert run.info.status == "FINISHED", run.data.tags.get("kbk.end_reason")
     assert run.data.params == finished_run["run"].data.params
     assert not (tmp_path / "job2").exists()
+
+
+def test_a_checkpoint_written_without_tracking_resumes_into_a_new_run_that_holds_its_history(tmp_path, mlflow_store):
+    """A checkpoint of a tracking=none run has no MLflow run to continue: the resumed run is a new one, and it holds
+    the metrics of the steps before the checkpoint too (each once), as if it had been tracked from the start."""
+    outputs = tmp_path / "outputs"
+    db = mlflow_store(outputs)
+    run_in_process([*TINY, f"paths.outputs={outputs}", "tracking=none", "trainer.max_steps=8"], tmp_path / "job1")
+    assert mlflow_runs(db) == []
+    checkpointed = torch.load(checkpoint_of(outputs), weights_only=False)["history"]
+    run_in_process([*TINY, f"paths.outputs={outputs}", "trainer.max_steps=8", "trainer.resume=true"],
+                   tmp_path / "job2")
+    (run,) = mlflow_runs(db)
+    assert run.info.status == "FINISHED"
+    logged = [(step, metrics["train/loss_lm"]) for step, metrics in checkpointed if "train/loss_lm" in metrics]
+    assert logged and metric_history(db, run.info.run_id, "train/loss_lm") == logged

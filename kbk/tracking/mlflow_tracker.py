@@ -117,8 +117,6 @@ class MlflowTracker(MlflowWriter):
         self.experiment_id = experiment_id
         self.run_name = run_name
         self.report_hook = report_hook
-        #: True for a run reopened to continue it (`resume.reopen_run`): its store already holds metrics.
-        self.reopened = False
         self._kill_after_call: str | None = None
         self._signal_guard: SignalGuard | None = None
         self._deferring_signals = False

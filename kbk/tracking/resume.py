@@ -26,6 +26,7 @@ from typing import Any
 
 from kbk.errors import CheckpointError, TrackingError
 from kbk.files import write_atomic
+from kbk.tracking.base import NullTracker
 from kbk.tracking.mlflow_tracker import END_REASON_TAG, PARENT_RUN_TAG, MlflowTracker, check_parent, store_error
 from kbk.tracking.mlflow_writer import MAX_PARAM_VALUE_LENGTH, describe
 from kbk.urls import redact_url
@@ -144,7 +145,6 @@ def reopen_run(uri: str, experiment: str, run_id: str, tags: Mapping[str, Any] |
         raise store_error(uri, "reopen", e) from e
     tracker = MlflowTracker(client, run_id, uri=uri, known_params=dict(run.data.params), experiment_id=exp_id,
                             run_name=run.info.run_name, **options)
-    tracker.reopened = True
     resumes = int(run.data.tags.get(RESUMES_TAG, "0") or 0) + 1
     tracker.set_tags({**{str(k): str(v) for k, v in (tags or {}).items()}, RESUMES_TAG: str(resumes)})
     return tracker
@@ -187,9 +187,10 @@ class SkipStored:
 
 
 def continue_logging(tracker: Any, history: Sequence[tuple[int, Mapping[str, float]]]) -> Any:
-    """The tracker a trainer resumed with `history` logs to: for a reopened MLflow run, caught up with the
-    checkpoint and skipping the steps the store holds; any other tracker (a new run, tracking=none) as it is."""
-    if not getattr(tracker, "reopened", False):
+    """The tracker a trainer resumed with `history` logs to: an MLflow run (reopened, or new for a checkpoint
+    written without one) caught up with the checkpoint and skipping the steps its store holds; a `NullTracker`
+    as it is."""
+    if isinstance(tracker, NullTracker):
         return tracker
     catch_up(tracker, history)
     return SkipStored(tracker)
