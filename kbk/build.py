@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from typing import Any
 
 import torch
@@ -12,11 +12,11 @@ from kbk.config import KbkConfig, as_plain
 from kbk.data.batching import TokenBatches
 from kbk.data.corpus import Corpus, load_corpus
 from kbk.errors import ConfigError, DataError
-from kbk.models.koopman_lm import KoopmanOptions, KoopmanResNetBKLM
+from kbk.models.koopman_lm import KoopmanResNetBKLM
 from kbk.models.transformer import TransformerLM
 from kbk.paths import outputs_dir
 from kbk.training.schedules import KoopmanWeightSchedule
-from kbk.training.trainer import TrainerOptions
+from kbk.training.trainer_config import TrainerConfig
 
 CACHED_SOURCES = ("text", "wikitext2")
 
@@ -60,19 +60,6 @@ def batches(cfg: KbkConfig, data: Corpus) -> tuple[TokenBatches, TokenBatches]:
     return train, val
 
 
-def koopman_options(cfg: KbkConfig) -> KoopmanOptions | None:
-    k = cfg.koopman
-    if not k.enabled:
-        return None
-    dmd = as_plain(cfg.dmd)
-    return KoopmanOptions(
-        dim=k.dim, operator_update=as_plain(k.operator_update), init=k.init, init_scale=k.init_scale,
-        detach_backbone=k.detach_backbone, detach_targets=k.detach_targets, linear_weight=k.linear_weight,
-        linear_loss=k.linear_loss, recon_weight=k.recon_weight, pred_weight=k.pred_weight,
-        sample_tokens=k.sample_tokens, terms_interval=k.terms_interval, dmd=dmd,
-    )
-
-
 def model(cfg: KbkConfig, vocab_size: int) -> torch.nn.Module:
     net = _model(cfg, vocab_size)
     console.phase(f"model {cfg.model.arch}: {sum(p.numel() for p in net.parameters()):,} parameters")
@@ -80,46 +67,39 @@ def model(cfg: KbkConfig, vocab_size: int) -> torch.nn.Module:
 
 
 def _model(cfg: KbkConfig, vocab_size: int) -> torch.nn.Module:
-    m = cfg.model
-    if m.arch == "transformer":
+    if cfg.model.arch == "transformer":
         if cfg.koopman.enabled:
             raise ConfigError("model=transformer has no Koopman components: add koopman=off")
-        return TransformerLM(vocab_size, m.d_model, m.n_layers, m.n_heads, m.n_seq, dropout=m.dropout)
-    return KoopmanResNetBKLM(
-        vocab_size, d_model=m.d_model, n_layers=m.n_layers, n_seq=m.n_seq, num_experts=m.num_experts,
-        top_k=m.top_k, dropout=m.dropout, v_max=m.v_max, z=complex(m.z_real, m.z_imag), bk_grad=m.bk_grad,
-        causal=m.causal, koopman=koopman_options(cfg), moe_scale_by_router=m.moe_scale_by_router,
-    )
+        return TransformerLM(vocab_size, cfg.model.component())
+    return KoopmanResNetBKLM(vocab_size, cfg.model.component(), koopman=cfg.koopman, dmd=cfg.dmd)
 
 
-def trainer_options(cfg: KbkConfig) -> TrainerOptions:
-    t = cfg.trainer
-    return TrainerOptions(
-        epochs=t.epochs, max_steps=t.max_steps, lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
-        eval_every=t.eval_every, eval_batches=t.eval_batches, log_every=t.log_every,
-        checkpoint_every=t.checkpoint_every, fallback_threshold=t.fallback_threshold, max_nan_steps=t.max_nan_steps,
-        diagnostics_tokens=t.diagnostics_tokens, layerwise_eval=t.layerwise_eval,
-        layerwise_tokens=t.layerwise_tokens, device=resolve_device(t.device), lr_schedule=t.lr_schedule,
-        warmup_steps=t.warmup_steps, min_lr=t.min_lr, grad_accum_steps=t.grad_accum_steps,
-    )
+def trainer_options(cfg: KbkConfig) -> TrainerConfig:
+    """The trainer's settings, with `device` resolved (`auto`: CUDA when present; CUDA asked for but absent is a
+    `ConfigError`)."""
+    return dataclasses.replace(cfg.trainer, device=resolve_device(cfg.trainer.device))
 
 
 def schedule(cfg: KbkConfig, total_steps: int) -> KoopmanWeightSchedule:
-    """The weight schedule; `unit: fraction` becomes optimiser steps of this run, `total: null` its end."""
-    s = cfg.schedule
-    kind = as_plain(s.type)
-    if s.unit == "fraction":
-        total = s.total if s.total is not None else 1.0
-        return KoopmanWeightSchedule(kind, s.min_weight, s.max_weight, warmup=math.floor(s.warmup * total_steps),
-                                     total=max(1, math.floor(total * total_steps)), unit="step")
-    end = cfg.trainer.epochs if s.unit == "epoch" else total_steps
-    return KoopmanWeightSchedule(kind, s.min_weight, s.max_weight, warmup=s.warmup,
-                                 total=s.total if s.total is not None else end, unit=s.unit)
+    """The Koopman weight schedule of a run of `total_steps` optimiser steps (see `ScheduleConfig.resolve`)."""
+    return cfg.schedule.resolve(total_steps, cfg.trainer.epochs)
 
 
 def parameter_counts(net: torch.nn.Module) -> dict[str, Any]:
     total = sum(p.numel() for p in net.parameters())
-    koopman = 0
-    if isinstance(net, KoopmanResNetBKLM):
-        koopman = sum(p.numel() for d in net.koopman_dynamics() for p in d.parameters())
+    koopman = sum(p.numel() for d in net.koopman_dynamics() for p in d.parameters())
     return {"model.n_params": total, "model.n_params_koopman": koopman, "model.n_params_lm": total - koopman}
+
+
+def callbacks(cfg: KbkConfig) -> list:
+    """What the trainer does at each evaluation besides logging: print a progress line and, in a trial of kbk's
+    sweeper, report the optimised metric to the trial's pruner (which may stop the run)."""
+    from kbk.sweep.trial import report_hook_from_env
+    from kbk.training.callbacks import ProgressPrinter, ReportMetric
+
+    found = [ProgressPrinter(console.progress_printer())]
+    report = report_hook_from_env()  # None outside a sweep, and for several objectives (Optuna prunes one)
+    if report is not None:
+        metric = cfg.optimized_metric
+        found.append(ReportMetric(report, metric if isinstance(metric, str) else metric[0]))
+    return found

@@ -1,9 +1,11 @@
-"""Structured-config schemas for every config group, registered in Hydra's ConfigStore.
+"""The root config schema: each component's settings dataclass (defined beside its code) composed into the tree
+that the YAML files in `conf/` fill, registered in Hydra's ConfigStore as `kbk_schema`.
 
-The YAML files in `conf/` fill these; OmegaConf rejects unknown keys and wrong types while composing, and
-`validate` (run before any work starts) rejects out-of-range values with a message naming the key, the value and
-what is allowed. Model, training and data code never see these classes: `kbk/run.py` turns them into plain
-arguments.
+OmegaConf rejects unknown keys and wrong types while composing. Each component's dataclass checks its own ranges
+when built (`__post_init__`, a `kbk.errors.SettingError`); `settings_of` builds them all and turns such an error
+into a `ConfigError` naming the full key (`dmd.buffer_size=0 ...`); `validate` adds the checks that span
+components (the optimised metric, the model's size). The `data` node is one schema for every source (so the
+composed config, and its hash, keep every source's keys); each loader builds its own dataclass from it.
 """
 
 from __future__ import annotations
@@ -15,91 +17,40 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any
 
-from kbk.errors import ConfigError
-
-
-class ScheduleType(str, Enum):
-    linear = "linear"
-    exponential = "exponential"
-    step = "step"
-    constant = "constant"
-
-
-class OperatorUpdate(str, Enum):
-    gradient = "gradient"
-    dmd = "dmd"
-    both = "both"
-
-
-class DMDEstimator(str, Enum):
-    ridge = "ridge"
-    lstsq = "lstsq"
-    forgetting = "forgetting"
+from kbk.errors import ConfigError, SettingError, require_choice
+from kbk.koopman.config import DMDConfig, KoopmanConfig
+from kbk.models.config import ARCHITECTURES, ResNetBKConfig, TransformerConfig
+from kbk.training.schedules import ScheduleConfig
+from kbk.training.trainer_config import TrainerConfig
 
 
 @dataclass
-class ModelConfig:
+class _Architecture:
     arch: str = "resnet_bk"  # "resnet_bk" | "transformer" (the GPT-style baseline)
-    d_model: int = 64
-    n_layers: int = 4
-    n_seq: int = 128
-    num_experts: int = 4
-    top_k: int = 1
-    dropout: float = 0.1
-    v_max: float = 3.0
-    z_real: float = 0.0  # the BK-Core's spectral shift z = z_real + i·z_imag (z_imag > 0)
-    z_imag: float = 1.0
-    bk_grad: str = "exact"  # "exact" | "seed_blend" (the seed's heuristic backward, for comparison)
-    causal: bool = True  # False: the seed's bidirectional BK-Core, which lets position i see tokens after i
-    moe_scale_by_router: bool = True  # False: the seed's top-1 MoE (expert output unscaled; router gets no gradient)
-    n_heads: int = 4  # transformer baseline only
 
 
 @dataclass
-class KoopmanConfig:
-    enabled: bool = True
-    dim: int = 256
-    operator_update: OperatorUpdate = OperatorUpdate.both
-    init: str = "identity_noise"  # "identity_noise" | "orthogonal"
-    init_scale: float = 0.01
-    detach_backbone: bool = True
-    detach_targets: bool = False
-    linear_weight: float = 1.0
-    linear_loss: str = "mse"  # "mse" | "huber" (the seed's smooth-L1 auxiliary loss)
-    recon_weight: float = 1.0
-    pred_weight: float = 1.0
-    sample_tokens: int | None = 256
-    terms_interval: int = 1  # the Koopman terms on every n-th step only (DMD still gets pairs every step)
+class ModelConfig(TransformerConfig, ResNetBKConfig, _Architecture):
+    """The `model` node: `arch` and the union of every architecture's settings (in this order: arch, the
+    ResNet-BK settings, then the Transformer's own `n_heads`); only the chosen architecture's are checked and used
+    (`component()`)."""
 
+    def __post_init__(self) -> None:
+        require_choice(self, "arch", tuple(ARCHITECTURES))
+        self.component()
 
-@dataclass
-class ScheduleConfig:
-    type: ScheduleType = ScheduleType.linear
-    min_weight: float = 0.0
-    max_weight: float = 0.1
-    warmup: float = 0.3
-    total: float | None = None  # null: the end of training
-    # "fraction": warmup/total as fractions of the run's optimiser steps (any run length); "epoch": whole 0-based
-    # epochs, the weight fixed within an epoch (the seed); "step": optimiser steps.
-    unit: str = "fraction"
-
-
-@dataclass
-class DMDConfig:
-    buffer_size: int = 100
-    alpha: float = 0.1
-    estimator: DMDEstimator = DMDEstimator.ridge
-    ridge: float = 1e-3
-    svd_rtol: float = 1e-6
-    forgetting: float = 0.99
-    max_condition: float = 1e8
-    update_interval: int = 1
+    def component(self) -> ResNetBKConfig | TransformerConfig:
+        """The chosen architecture's own settings dataclass (checked as it is built)."""
+        kind = ARCHITECTURES[self.arch]
+        return kind(**{f.name: getattr(self, f.name) for f in fields(kind)})
 
 
 @dataclass
 class DataConfig:
-    """One schema for every source; null means "that source's default". Setting an option the chosen source does
-    not have (data.path with data=synthetic, say) is an error that lists the source's options."""
+    """One schema for every source; null means "that source's default". `kbk.data.load_corpus` builds the chosen
+    source's own settings dataclass (`SyntheticConfig`, `TextConfig`, `WikiText2Config`: their defaults and range
+    checks) from the keys set here; an option the source does not have (data.path with data=synthetic, say) is an
+    error that lists the source's options."""
 
     source: str = "synthetic"  # "synthetic" | "text" | "wikitext2"
     cache_dir: str | None = None  # tokenised-data cache; null: <outputs>/cache/data
@@ -125,37 +76,14 @@ class DataConfig:
 
 
 @dataclass
-class TrainerConfig:
-    epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    grad_clip: float = 0.5
-    eval_every: int | None = None
-    eval_batches: int | None = None
-    log_every: int = 10
-    checkpoint_every: int | None = None
-    fallback_threshold: float = 10.0
-    max_nan_steps: int = 5
-    diagnostics_tokens: int = 512
-    layerwise_eval: bool = True
-    layerwise_tokens: int | None = 8192  # the first validation tokens of the final layer-wise passes; null: all
-    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", …
-    resume: Any = False  # false | true (this run's checkpoint) | a path to a checkpoint
-    log_checkpoint: bool = False  # also store the final checkpoint as an MLflow artifact
-    lr_schedule: str = "constant"  # "constant" | "cosine" (to min_lr at the last optimiser step), after the warm-up
-    warmup_steps: int = 0  # optimiser steps of linear warm-up from 0 to lr
-    min_lr: float = 0.0  # where "cosine" ends
-    grad_accum_steps: int = 1  # micro-batches of batch_size per optimiser step
-
-
-@dataclass
 class TrackingConfig:
     backend: str = "mlflow"  # "mlflow" | "none"
     uri: str | None = None  # null: SQLite under the outputs folder
     experiment: str = "kbk"
     run_name: str | None = None
+
+    def __post_init__(self) -> None:
+        require_choice(self, "backend", ("mlflow", "none"))
 
 
 @dataclass
@@ -181,10 +109,6 @@ class KbkConfig:
     notes: str | None = None  # the run's description in the MLflow UI
 
 
-#: Root keys that label a run without changing what it computes.
-LABEL_KEYS = ("tags", "notes")
-
-
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
@@ -192,66 +116,7 @@ def register_configs() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ range checks
-# (key, test, what is allowed). Types and unknown keys are OmegaConf's job; these are the values it cannot judge.
-RULES: list[tuple[str, Any, str]] = [
-    ("model.d_model", lambda v: v > 0, "an integer > 0"),
-    ("model.n_layers", lambda v: v > 0, "an integer > 0"),
-    ("model.n_seq", lambda v: v > 0, "an integer > 0"),
-    ("model.num_experts", lambda v: v > 0, "an integer > 0"),
-    ("model.top_k", lambda v: v > 0, "an integer between 1 and model.num_experts"),
-    ("model.dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("model.v_max", lambda v: v > 0, "a number > 0"),
-    ("model.z_imag", lambda v: v > 0, "a number > 0 (the resolvent needs z off the real axis)"),
-    ("model.bk_grad", lambda v: v in ("exact", "seed_blend"), "one of exact, seed_blend"),
-    ("model.arch", lambda v: v in ("resnet_bk", "transformer"), "one of resnet_bk, transformer"),
-    ("model.n_heads", lambda v: v > 0, "an integer > 0 dividing model.d_model"),
-    ("koopman.dim", lambda v: v > 0, "an integer > 0"),
-    ("koopman.init", lambda v: v in ("identity_noise", "orthogonal"), "one of identity_noise, orthogonal"),
-    ("koopman.init_scale", lambda v: v >= 0, "a number >= 0"),
-    ("koopman.sample_tokens", lambda v: v is None or v > 0, "an integer > 0, or null for all tokens"),
-    ("koopman.terms_interval", lambda v: v > 0, "an integer > 0 (1: the Koopman terms on every step)"),
-    ("koopman.linear_weight", lambda v: v >= 0, "a number >= 0"),
-    ("koopman.linear_loss", lambda v: v in ("mse", "huber"), "one of mse, huber"),
-    ("koopman.recon_weight", lambda v: v >= 0, "a number >= 0"),
-    ("koopman.pred_weight", lambda v: v >= 0, "a number >= 0"),
-    ("schedule.min_weight", lambda v: v >= 0, "a number >= 0"),
-    ("schedule.max_weight", lambda v: v >= 0, "a number >= 0"),
-    ("schedule.warmup", lambda v: v >= 0, "a number >= 0"),
-    ("schedule.total", lambda v: v is None or v > 0, "a number > 0, or null for the end of training"),
-    ("schedule.unit", lambda v: v in ("epoch", "step", "fraction"), "one of epoch, step, fraction"),
-    ("dmd.buffer_size", lambda v: v > 0, "an integer > 0"),
-    ("dmd.alpha", lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    ("dmd.ridge", lambda v: v >= 0, "a number >= 0"),
-    ("dmd.svd_rtol", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("dmd.forgetting", lambda v: 0 < v < 1, "a number in (0, 1)"),
-    ("dmd.max_condition", lambda v: v > 1, "a number > 1"),
-    ("dmd.update_interval", lambda v: v > 0, "an integer > 0"),
-    ("data.source", lambda v: v in ("synthetic", "text", "wikitext2"), "one of synthetic, text, wikitext2"),
-    ("trainer.epochs", lambda v: v > 0, "an integer > 0"),
-    ("trainer.max_steps", lambda v: v is None or v > 0, "an integer > 0, or null"),
-    ("trainer.batch_size", lambda v: v > 0, "an integer > 0"),
-    ("trainer.lr", lambda v: v > 0, "a number > 0"),
-    ("trainer.lr_schedule", lambda v: v in ("constant", "cosine"), "one of constant, cosine"),
-    ("trainer.warmup_steps", lambda v: v >= 0, "an integer >= 0 (0: no warm-up)"),
-    ("trainer.min_lr", lambda v: v >= 0, "a number >= 0"),
-    ("trainer.grad_accum_steps", lambda v: v > 0, "an integer > 0 (1: one batch per optimiser step)"),
-    ("trainer.weight_decay", lambda v: v >= 0, "a number >= 0"),
-    ("trainer.grad_clip", lambda v: v > 0, "a number > 0"),
-    ("trainer.eval_every", lambda v: v is None or v > 0, "an integer > 0, or null for once per epoch"),
-    ("trainer.eval_batches", lambda v: v is None or v > 0, "an integer > 0, or null for all"),
-    ("trainer.log_every", lambda v: v > 0, "an integer > 0"),
-    ("trainer.checkpoint_every", lambda v: v is None or v > 0, "an integer > 0, or null for each evaluation"),
-    ("trainer.max_nan_steps", lambda v: v > 0, "an integer > 0"),
-    ("trainer.layerwise_tokens", lambda v: v is None or v > 0, "an integer > 0, or null for the whole validation set"),
-    ("trainer.device", lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
-     "one of auto, cpu, cuda, cuda:<index>, mps"),
-    ("trainer.resume", lambda v: isinstance(v, bool) or (isinstance(v, str) and v != ""),
-     "true, false, or a checkpoint path"),
-    ("tracking.backend", lambda v: v in ("mlflow", "none"), "one of mlflow, none"),
-    ("tags", lambda v: all(re.fullmatch(r"[\w.\- /]+(=.*)?", t) and not t.startswith(("kbk.", "mlflow.")) for t in v),
-     "a list of words or key=value strings, keys of letters, digits, '_', '-', '.', ' ', '/', not starting with "
-     "kbk. or mlflow. (e.g. 'tags=[baseline,\"owner=ana\"]': a key=value in quotes)"),
-]
+TAG_PATTERN = r"[\w.\- /]+(=.*)?"
 
 
 def _get(cfg: Any, dotted: str) -> Any:
@@ -287,40 +152,49 @@ def check_finite(node: Any, prefix: str = "") -> None:
             raise ConfigError(f"{name}={value} is not allowed: it must be a finite number")
 
 
-def validate(cfg: Any) -> None:
-    """Raise `ConfigError` for the first out-of-range value: the key, the value, and what is allowed."""
-    check_finite(cfg)
-    for key, ok, allowed in RULES:
-        value = _get(cfg, key)
-        try:
-            good = bool(ok(value))
-        except TypeError:
-            good = False
-        if not good:
-            raise ConfigError(f"{key}={value!r} is not allowed: it must be {allowed}")
-    if _get(cfg, "model.top_k") > _get(cfg, "model.num_experts"):
+def settings_of(cfg: Any) -> KbkConfig:
+    """The composed config (an OmegaConf node) as checked dataclasses; an unknown key, a missing value or one out
+    of range is a `ConfigError` naming the full key."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    check_known_keys(cfg)
+    try:
+        check_finite(OmegaConf.to_container(cfg, resolve=True))
+        settings = OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as exc:
+        key = exc.full_key
+        hint = " (a .txt file or a folder of them)" if key == "data.path" else ""
+        raise ConfigError(f"{key} is required but not set: pass {key}=<value>{hint}") from None
+    except SettingError as exc:
+        raise config_error(exc) from None
+    validate(settings)
+    return settings
+
+
+def config_error(exc: SettingError) -> ConfigError:
+    """A component's `SettingError` as a `ConfigError` naming full keys: `top_k=2 ... num_experts=1`, raised by
+    the model's settings, reads `model.top_k=2 ... model.num_experts=1`."""
+    import typing
+
+    hints = typing.get_type_hints(KbkConfig)
+    # (ModelConfig inherits from each architecture's dataclass, so their errors land under `model`.)
+    section = next(key for key, hint in hints.items() if is_dataclass(hint) and issubclass(hint, exc.owner))
+    names = "|".join(f.name for f in fields(exc.owner))
+    return ConfigError(re.sub(rf"(?<![\w.])({names})=", rf"{section}.\1=", str(exc)))
+
+
+def validate(cfg: KbkConfig) -> None:
+    """Raise `ConfigError` for what no single component can judge: the run's labels, the metric it optimises, and
+    whether the model fits this machine. (Each component checked its own ranges when it was built.)"""
+    bad_tags = [t for t in cfg.tags if not (isinstance(t, str) and re.fullmatch(TAG_PATTERN, t))
+                or t.startswith(("kbk.", "mlflow."))]
+    if bad_tags:
         raise ConfigError(
-            f"model.top_k={_get(cfg, 'model.top_k')} is not allowed: it must be <= model.num_experts="
-            f"{_get(cfg, 'model.num_experts')}"
-        )
-    if not _get(cfg, "model.moe_scale_by_router") and _get(cfg, "model.top_k") != 1:
-        raise ConfigError(
-            f"model.top_k={_get(cfg, 'model.top_k')} is not allowed with model.moe_scale_by_router=false (the seed's "
-            f"unscaled MoE is top-1 only): set model.top_k=1 or model.moe_scale_by_router=true"
-        )
-    if _get(cfg, "model.d_model") % _get(cfg, "model.n_heads") and _get(cfg, "model.arch") == "transformer":
-        raise ConfigError(f"model.n_heads={_get(cfg, 'model.n_heads')} must divide model.d_model")
-    total = _get(cfg, "schedule.total")
-    if total is not None and _get(cfg, "schedule.warmup") > total:
-        raise ConfigError(
-            f"schedule.warmup={_get(cfg, 'schedule.warmup')} is not allowed: it must be <= schedule.total={total}"
-        )
-    if _get(cfg, "trainer.min_lr") > _get(cfg, "trainer.lr"):
-        raise ConfigError(
-            f"trainer.min_lr={_get(cfg, 'trainer.min_lr')} is not allowed: it must be <= trainer.lr="
-            f"{_get(cfg, 'trainer.lr')} (where the cosine schedule ends)"
-        )
-    metric = _get(cfg, "optimized_metric")
+            f"tags={cfg.tags!r} is not allowed: it must be a list of words or key=value strings, keys of letters, "
+            f"digits, '_', '-', '.', ' ', '/', not starting with kbk. or mlflow. (e.g. 'tags=[baseline,"
+            f"\"owner=ana\"]': a key=value in quotes)")
+    metric = cfg.optimized_metric
     names = [metric] if isinstance(metric, str) else list(metric) if metric is not None else []
     if not names or not all(isinstance(n, str) and "/" in n for n in names):
         raise ConfigError(

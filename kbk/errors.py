@@ -28,3 +28,45 @@ class TrackingError(KbkError):
 
 class TrainingError(KbkError):
     """Training cannot go on (a diverging loss); the message names the step and the settings to change."""
+
+
+class SettingError(ValueError):
+    """A component's setting is out of range, raised by that component's settings dataclass (`__post_init__`).
+
+    A plain `ValueError` for code that builds components directly; it names the field relative to its dataclass
+    (`buffer_size=0 ...`), and `kbk.config` turns it into a `ConfigError` naming the full key (`dmd.buffer_size`).
+    """
+
+    def __init__(self, owner: type, field: str, value: object, allowed: str) -> None:
+        self.owner, self.field, self.value, self.allowed = owner, field, value, allowed
+        super().__init__(f"{field}={value!r} is not allowed: it must be {allowed}")
+
+
+def require(settings: object, field: str, ok, allowed: str) -> None:
+    """Raise `SettingError` unless `ok(value)` holds for `settings.<field>` (an Enum counts by its value); a value
+    of the wrong type (`ok` raising TypeError) is out of range too."""
+    from enum import Enum
+
+    value = getattr(settings, field)
+    value = value.value if isinstance(value, Enum) else value
+    try:
+        good = bool(ok(value))
+    except TypeError:
+        good = False
+    if not good:
+        raise SettingError(type(settings), field, value, allowed)
+
+
+def require_choice(settings: object, field: str, choices) -> None:
+    """`settings.<field>` must be one of `choices` (an Enum class, whose member it becomes, or a tuple of str)."""
+    from enum import Enum, EnumMeta
+
+    value = getattr(settings, field)
+    if isinstance(choices, EnumMeta):
+        names = [c.value for c in choices]
+        raw = value.value if isinstance(value, Enum) else value
+        if raw not in names:
+            raise SettingError(type(settings), field, raw, f"one of {', '.join(names)}")
+        setattr(settings, field, choices(raw))
+    elif value not in choices:
+        raise SettingError(type(settings), field, value, f"one of {', '.join(choices)}")

@@ -150,9 +150,10 @@ def load_settings(path: Path):
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from kbk.config import KbkConfig
-    from kbk.run import settings_of  # (importing kbk.run registers the ${kbk_outputs:} resolver)
+    from kbk.config import KbkConfig, settings_of
+    from kbk.paths import register_resolvers
 
+    register_resolvers()  # the config's paths may use ${kbk_outputs:}
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(KbkConfig), OmegaConf.load(path))
     except (OSError, ValueError, OmegaConfBaseException) as exc:

@@ -55,11 +55,8 @@ def generate(trained: Trained, ids: list[int], tokens: int, temperature: float =
     """`tokens` new token ids after `ids`, sampled (or greedy with `temperature=0`) from the model."""
     import torch
 
-    from kbk.models.koopman_lm import KoopmanResNetBKLM
-
     model, device = trained.model, trained.device
-    is_koopman_lm = isinstance(model, KoopmanResNetBKLM)
-    if koopman and not (is_koopman_lm and model.has_koopman):
+    if koopman and not model.has_koopman:
         raise KbkError("--koopman: this model has no Koopman operators (it was trained with koopman=off or is a "
                        "Transformer). Fix: drop --koopman")
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -69,8 +66,7 @@ def generate(trained: Trained, ids: list[int], tokens: int, temperature: float =
     with torch.inference_mode():
         for _ in range(tokens):
             window = context[-model.n_seq:][None]
-            out = model(window, modes="koopman" if koopman else "standard") if is_koopman_lm else model(window)
-            logits = (out[0] if is_koopman_lm else out)[0, -1].float()
+            logits = (model(window, modes="koopman") if koopman else model(window)).logits[0, -1].float()
             if temperature == 0:
                 token = logits.argmax()
             else:

@@ -138,9 +138,10 @@ def test_loss_floor_is_cached_per_n_seq(monkeypatch):
 
 
 def test_bad_options_raise_data_errors_that_name_them():
-    with pytest.raises(DataError, match="n_successors"):
-        load_synthetic(n_states=4, n_successors=5)
-    with pytest.raises(DataError, match="vocab_size"):
+    with pytest.raises(ValueError, match="^n_successors=5 is not allowed: it must be an integer between 1 and "
+                                         "n_states=4$"):
+        load_synthetic(n_states=4, n_successors=5)  # SyntheticConfig's own check, a plain ValueError
+    with pytest.raises(DataError, match="^data.vocab_size=1 is not allowed: it must be an integer >= 2$"):
         load_corpus("synthetic", vocab_size=1)
     with pytest.raises(DataError, match="n_state.*options are"):
         load_corpus("synthetic", n_state=4)

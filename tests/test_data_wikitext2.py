@@ -47,7 +47,7 @@ def assert_names_the_alternatives(message: str):
 
 def test_local_copy_keeps_the_most_frequent_training_words(tmp_path):
     root = write_hub_copy(tmp_path / "wikitext")
-    c = load_wikitext2(root, max_vocab=3, hf_cache_dir=str(tmp_path / "hf"))
+    c = load_wikitext2(path=root, max_vocab=3, hf_cache_dir=str(tmp_path / "hf"))
     # train counts: the 3, = 2, sat 2, then 1 each; "=" and "sat" tie and sort alphabetically;
     # zebra (5 times in validation, once in train) and the test split never count
     assert c.tokenizer.itos == ["<unk>", "<eos>", "the", "=", "sat"] and c.vocab_size == 5
@@ -84,16 +84,16 @@ def test_local_copy_full_vocab_and_config_folder_as_path(tmp_path):
     assert c.tokenizer.decode(c.train.tolist()) == "".join(
         " ".join(r.split()) + "\n" for r in TRAIN if r.strip()
     )
-    no_eos = load_wikitext2(root, eos=False, hf_cache_dir=str(tmp_path / "hf"))
+    no_eos = load_wikitext2(path=root, eos=False, hf_cache_dir=str(tmp_path / "hf"))
     assert no_eos.train.numel() == sum(len(r.split()) for r in TRAIN) and no_eos.vocab_size == len(words) + 1
 
 
 def test_local_copy_is_cached_by_its_files(tmp_path, monkeypatch):
     root = write_hub_copy(tmp_path / "wikitext")
     kw = dict(cache_dir=tmp_path / "cache", hf_cache_dir=str(tmp_path / "hf"))
-    first = load_wikitext2(root, **kw)
+    first = load_wikitext2(path=root, **kw)
     monkeypatch.setattr(wt2, "_read_local", lambda *a: pytest.fail("read the parquet files again"))
-    second = load_wikitext2(root, **kw)
+    second = load_wikitext2(path=root, **kw)
     assert second.from_cache and torch.equal(first.train, second.train) and torch.equal(first.val, second.val)
 
 
@@ -101,7 +101,7 @@ def test_a_folder_without_the_hub_layout_says_what_it_expects(tmp_path):
     (tmp_path / "wikitext-2-raw-v1").mkdir()
     for path in (tmp_path, tmp_path / "missing"):
         with pytest.raises(DataError) as e:
-            load_wikitext2(path)
+            load_wikitext2(path=path)
         assert str(path) in str(e.value) and "train-*.parquet" in str(e.value)
         assert_names_the_alternatives(str(e.value))
 
@@ -149,13 +149,13 @@ def test_a_cached_hub_corpus_loads_without_the_hub(tmp_path, monkeypatch):
 def test_the_test_parquet_is_the_test_split_in_the_training_vocabulary(tmp_path, monkeypatch):
     root = write_hub_copy(tmp_path / "wikitext")
     kw = dict(max_vocab=3, cache_dir=tmp_path / "cache", hf_cache_dir=str(tmp_path / "hf"))
-    c = load_wikitext2(root, **kw)
+    c = load_wikitext2(path=root, **kw)
     unk, eos, the, eq, sat = range(5)
     assert c.has_test and c.test().tolist() == [unk] * 6 + [eos]  # no test word is a training word
     reads = []
     monkeypatch.setattr(wt2, "_read_local", lambda files, cache, splits=wt2.TRAINING_SPLITS: reads.append(splits)
                         or tuple(" the = \n" for _ in splits))
-    cached = load_wikitext2(root, **kw)
+    cached = load_wikitext2(path=root, **kw)
     assert reads == []  # training data from the cache: no split read at all
     assert cached.test().tolist() == [the, eq, eos] and reads == [("test",)]  # the test split alone, on demand
 
@@ -163,7 +163,7 @@ def test_the_test_parquet_is_the_test_split_in_the_training_vocabulary(tmp_path,
 def test_a_local_copy_without_test_parquet_has_no_test_split(tmp_path):
     root = write_hub_copy(tmp_path / "wikitext")
     (root / "wikitext-2-raw-v1" / "test-00000-of-00001.parquet").unlink()
-    c = load_wikitext2(root, hf_cache_dir=str(tmp_path / "hf"))
+    c = load_wikitext2(path=root, hf_cache_dir=str(tmp_path / "hf"))
     assert not c.has_test and c.train.numel() > 0
     with pytest.raises(DataError, match="no test split"):
         c.test()

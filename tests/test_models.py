@@ -2,8 +2,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kbk.koopman.config import DMDConfig, KoopmanConfig
+from kbk.models.config import ResNetBKConfig
 from kbk.models.koopman_lm import KoopmanOptions, KoopmanResNetBKLM, initial_operator
 from kbk.models.moe import SparseMoE
+from kbk.models.output import LMOutput
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
 
 SEED_SHAPE = dict(vocab_size=30_000, d_model=64, n_layers=4, n_seq=128, num_experts=4, top_k=1)
 
@@ -19,11 +27,11 @@ def tiny(koopman=None, **kw):
 def test_seed_configuration_has_the_seeds_parameter_count():
     # The seed's Colab table: 5,066,952 parameters with the operator as a parameter (K trained by gradient too).
     model = KoopmanResNetBKLM(**SEED_SHAPE, koopman=KoopmanOptions(dim=256, operator_update="both"))
-    assert model.num_parameters() == 5_066_952
+    assert n_params(model) == 5_066_952
     # Owned by DMD alone, K is a buffer: four 256x256 operators fewer.
     dmd_owned = KoopmanResNetBKLM(**SEED_SHAPE, koopman=KoopmanOptions(dim=256, operator_update="dmd"))
-    assert dmd_owned.num_parameters() == 5_066_952 - 4 * 256 * 256
-    assert KoopmanResNetBKLM(**SEED_SHAPE, koopman=None).num_parameters() == 5_066_952 - 4 * 230_208
+    assert n_params(dmd_owned) == 5_066_952 - 4 * 256 * 256
+    assert n_params(KoopmanResNetBKLM(**SEED_SHAPE, koopman=None)) == 5_066_952 - 4 * 230_208
 
 
 def test_moe_top1_matches_a_dense_reference():
@@ -185,7 +193,48 @@ def test_skip_mode_is_the_identity_and_modes_are_per_layer():
 
 
 def test_bad_options_name_the_problem():
-    with pytest.raises(ValueError, match="dim must be > 0"):
+    with pytest.raises(ValueError, match="^dim=0 is not allowed: it must be an integer > 0$"):
         KoopmanOptions(dim=0)
-    with pytest.raises(ValueError, match="operator_update"):
+    with pytest.raises(ValueError, match="^operator_update='adam' is not allowed: it must be one of gradient, dmd, "
+                                         "both$"):
         KoopmanOptions(operator_update="adam")
+
+
+def test_settings_come_as_one_dataclass_or_as_its_fields_and_koopman_off_is_the_plain_lm():
+    torch.manual_seed(0)
+    by_config = KoopmanResNetBKLM(50, ResNetBKConfig(d_model=16, n_layers=2, n_seq=8), koopman=KoopmanConfig(dim=8),
+                                  dmd=DMDConfig(buffer_size=7))
+    assert by_config.config == ResNetBKConfig(d_model=16, n_layers=2, n_seq=8)
+    assert by_config.blocks[0].koopman.dmd.config.buffer_size == 7
+    with pytest.raises(TypeError, match="not both"):
+        KoopmanResNetBKLM(50, ResNetBKConfig(), d_model=16)
+    off = KoopmanResNetBKLM(50, ResNetBKConfig(d_model=16, n_layers=2, n_seq=8), koopman=KoopmanConfig(enabled=False))
+    assert not off.has_koopman and off.koopman_dynamics() == []
+    with pytest.raises(ValueError, match=r"^top_k=2 is not allowed: it must be 1 with moe_scale_by_router=false"):
+        ResNetBKConfig(top_k=2, moe_scale_by_router=False)
+
+
+@pytest.mark.parametrize("operator_update", ["both", "gradient", "dmd"])
+def test_the_model_owns_its_parameter_groups_the_operators_never_decay(operator_update):
+    model = tiny(koopman=KoopmanOptions(dim=8, operator_update=operator_update))
+    groups = model.param_groups(weight_decay=0.05)
+    operators = [d.operator for d in model.koopman_dynamics() if isinstance(d.operator, torch.nn.Parameter)]
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0][: 1 + bool(operators)]
+    assert [id(p) for p in groups[-1]["params"]] == [id(p) for p in operators] or not operators
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_forward_returns_an_lm_output_and_the_model_computes_its_koopman_diagnostics():
+    torch.manual_seed(0)
+    model = tiny(koopman=KoopmanOptions(dim=8, sample_tokens=None)).eval()
+    idx = torch.randint(0, 50, (2, 8))
+    out = model(idx, koopman_terms=True)
+    assert isinstance(out, LMOutput) and out.logits.shape == (2, 8, 50) and len(out.koopman_terms) == 2
+    stats = model.koopman_diagnostics(idx, n_tokens=10)
+    for layer in (0, 1):
+        assert {f"koopman/{layer}/{k}" for k in ("spectral_radius", "state_rel_err", "lift_saturation",
+                                                 "dmd_condition")} <= set(stats)
+    dyn = model.blocks[0].koopman
+    terms = model.blocks[0](model.embed(idx), sample=torch.arange(10))[1]
+    saturation = dyn.diagnostics(terms)["lift_saturation"]
+    assert saturation == float((torch.tanh(dyn.lift[0](terms["u"])).abs() > 0.99).double().mean())

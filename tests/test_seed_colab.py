@@ -15,7 +15,7 @@ from conftest import compose_kbk
 from omegaconf import OmegaConf
 
 from kbk import build
-from kbk.config import validate
+from kbk.config import settings_of, validate
 from kbk.data.wikitext2 import HUB_CONFIG
 from kbk.errors import ConfigError
 from kbk.training.schedules import KoopmanWeightSchedule
@@ -81,7 +81,7 @@ def test_the_seeds_vocabulary_comes_out_of_the_data_pipeline(seed_corpus):
 def test_the_seeds_model_has_its_parameter_count_end_to_end(seed_corpus):
     settings, corpus = seed_corpus
     net = build.model(settings, corpus.vocab_size)
-    assert net.num_parameters() == resnet_bk_parameters(corpus.vocab_size) == SEED_PARAMS
+    assert sum(p.numel() for p in net.parameters()) == resnet_bk_parameters(corpus.vocab_size) == SEED_PARAMS
     train, val = build.batches(settings, corpus)  # the data feeds the seed's windows and batch
     inputs, targets = next(iter(train))
     assert inputs.shape == targets.shape == (32, 128)
@@ -90,7 +90,7 @@ def test_the_seeds_model_has_its_parameter_count_end_to_end(seed_corpus):
 def test_the_parameter_formula_follows_the_vocabulary():
     settings = OmegaConf.to_object(compose_kbk(["experiment=seed_colab"]))
     for vocab in (1_000, 30_002):
-        assert build.model(settings, vocab).num_parameters() == resnet_bk_parameters(vocab)
+        assert sum(p.numel() for p in build.model(settings, vocab).parameters()) == resnet_bk_parameters(vocab)
     assert resnet_bk_parameters(30_002) - SEED_PARAMS == 2 * 129  # each extra id: an embedding row and a head row
 
 
@@ -103,7 +103,7 @@ def test_seed_colab_selects_the_seeds_components(seed_corpus):
     net = build.model(settings, corpus.vocab_size)
     layer = net.blocks[0].layer
     assert (layer.causal, layer.bk_grad, layer.moe.scale_by_router) == (False, "seed_blend", False)
-    assert net.blocks[0].koopman.options.linear_loss == "huber"
+    assert net.blocks[0].koopman.config.linear_loss == "huber"
     # K0 = I + 0.01·randn, the seed's init: the off-diagonal noise has standard deviation 0.01
     noise = net.blocks[0].koopman.initial_operator - torch.eye(256)
     assert noise.std().item() == pytest.approx(0.01, rel=0.05)
@@ -118,14 +118,14 @@ def test_seed_colab_schedule_gives_the_seeds_weights_and_the_documented_edge_cas
     assert [schedule.weight(e) for e in range(5)] == [0, 0, 0, 0, pytest.approx(0.05)]
     step = KoopmanWeightSchedule("step", 0.0, 0.3, warmup=0, total=4, unit="step")
     assert [step.weight(p) for p in (0, 1, 2, 3, 4)] == [0, pytest.approx(0.1), pytest.approx(0.2), 0.3, 0.3]
-    edge = KoopmanWeightSchedule("linear", 0.0, 0.1, warmup=3, total=3)
+    edge = KoopmanWeightSchedule("linear", 0.0, 0.1, warmup=3, total=3, unit="epoch")
     assert [edge.weight(e) for e in (2, 3, 4)] == [0, 0.1, 0.1]
 
 
 def test_the_seeds_unscaled_moe_refuses_top2_before_any_work():
-    settings = OmegaConf.to_object(compose_kbk(["experiment=seed_colab", "model.top_k=2"]))
-    with pytest.raises(ConfigError, match=r"^model.top_k=2 is not allowed with model.moe_scale_by_router=false"):
-        validate(settings)
+    with pytest.raises(ConfigError, match=r"^model.top_k=2 is not allowed: it must be 1 with "
+                                          r"model.moe_scale_by_router=false \(the seed's unscaled MoE is top-1 only\)"):
+        settings_of(compose_kbk(["experiment=seed_colab", "model.top_k=2"]))
 
 
 @pytest.mark.parametrize("data, max_vocab", [("synthetic", None), ("kjv", 8000)])

@@ -211,7 +211,7 @@ def test_layerwise_metrics_on_a_token_subset_equal_full_passes_over_those_window
 
 def test_terms_interval_computes_the_koopman_loss_every_nth_step_and_feeds_dmd_every_step():
     trainer = make_trainer(max_steps=9)
-    trainer.model.koopman_options.terms_interval = 2
+    trainer.model.koopman_config.terms_interval = 2
     steps = []
     for x, y in trainer.train_batches.epoch(0):
         steps.append(trainer.train_step(x, y))

@@ -9,10 +9,9 @@ import subprocess
 import pytest
 import torch
 from conftest import TINY, clean_env, compose_kbk, kbk_command
-from omegaconf import OmegaConf
 from test_trainer import VOCAB, CrashAt, make_trainer, stream
 
-from kbk.config import validate
+from kbk.config import settings_of
 from kbk.data.batching import TokenBatches
 from kbk.errors import ConfigError
 from kbk.models.koopman_lm import KoopmanResNetBKLM
@@ -130,9 +129,8 @@ def test_steps_count_optimiser_steps_with_accumulation():
     ("trainer.lr_schedule=linear", ["trainer.lr_schedule='linear'", "constant, cosine"]),
 ])
 def test_bad_schedule_settings_are_config_errors(override, phrases):
-    settings = OmegaConf.to_object(compose_kbk([override]))
     with pytest.raises(ConfigError) as err:
-        validate(settings)
+        settings_of(compose_kbk([override]))
     assert all(p in str(err.value) for p in phrases), str(err.value)
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kbk.models.config import TransformerConfig
 from kbk.models.transformer import TransformerLM, match_transformer_width, transformer_param_count
 
 
@@ -19,14 +20,15 @@ def one_thread():
 
 @pytest.mark.parametrize(
     "vocab, d, layers, heads, n_seq, tie",
-    [(50, 16, 1, 2, 8, False), (97, 24, 3, 3, 33, False), (97, 24, 3, 4, 33, True), (10, 8, 0, 1, 4, False)],
+    [(50, 16, 1, 2, 8, False), (97, 24, 3, 3, 33, False), (97, 24, 3, 4, 33, True), (10, 8, 1, 1, 4, False)],
 )
 def test_param_count_formula_equals_module(vocab, d, layers, heads, n_seq, tie):
-    model = TransformerLM(vocab, d, layers, heads, n_seq, tie_weights=tie)
-    assert model.num_parameters() == transformer_param_count(vocab, d, layers, n_seq, tie_weights=tie)
+    model = TransformerLM(vocab, TransformerConfig(d, layers, heads, n_seq), tie_weights=tie)
+    n_params = sum(p.numel() for p in model.parameters())  # parameters() counts a tied matrix once
+    assert n_params == transformer_param_count(vocab, d, layers, n_seq, tie_weights=tie)
     # Independent of parameters()' deduplication: count distinct storages by hand.
     seen = {p.data_ptr(): p.numel() for p in model.state_dict().values()}
-    assert sum(seen.values()) == model.num_parameters()
+    assert sum(seen.values()) == n_params
     assert (model.head.weight is model.tok_emb.weight) == tie
 
 
@@ -69,11 +71,11 @@ def _model(seed=0, **kw):
 def test_changing_token_t_changes_no_logits_before_t():
     model = _model()
     idx = torch.randint(0, 31, (3, 12))
-    base = model(idx)
+    base = model(idx).logits
     for t in (0, 5, 11):
         changed = idx.clone()
         changed[:, t] = (changed[:, t] + 1) % 31
-        out = model(changed)
+        out = model(changed).logits
         assert torch.equal(out[:, :t], base[:, :t])
         # ... and every position from t on does change.
         assert (out[:, t:] - base[:, t:]).abs().amax(dim=-1).min() > 1e-8
@@ -89,7 +91,7 @@ def test_jacobian_of_logits_wrt_input_embeddings_is_causal():
         captured["emb"] = output
 
     handle = model.tok_emb.register_forward_hook(keep)
-    logits = model(idx)
+    logits = model(idx).logits
     handle.remove()
     s = 6
     logits[:, s].sum().backward()
@@ -122,7 +124,7 @@ def test_tiny_model_overfits_a_repeated_sequence():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first = None
     for _ in range(100):
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        loss = F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten())
         first = loss.item() if first is None else first
         opt.zero_grad()
         loss.backward()
@@ -134,10 +136,10 @@ def test_tiny_model_overfits_a_repeated_sequence():
 def test_dropout_only_in_training_and_bad_shapes_rejected():
     model = _model(dropout=0.5)
     idx = torch.randint(0, 31, (2, 12))
-    assert torch.equal(model(idx), model(idx))
+    assert torch.equal(model(idx).logits, model(idx).logits)
     model.train()
-    assert not torch.equal(model(idx), model(idx))
+    assert not torch.equal(model(idx).logits, model(idx).logits)
     with pytest.raises(ValueError, match="exceeds the model's n_seq=12"):
         model(torch.zeros(1, 13, dtype=torch.long))
-    with pytest.raises(ValueError, match="d_model must be a multiple of n_heads"):
-        TransformerLM(31, 30, 1, 4, 12)
+    with pytest.raises(ValueError, match="^n_heads=4 is not allowed: it must be an integer > 0 dividing d_model=30$"):
+        TransformerLM(31, d_model=30, n_layers=1, n_heads=4, n_seq=12)

@@ -36,7 +36,7 @@ VOCAB, D, LAYERS, N_SEQ, K, BATCH = 30_000, 64, 4, 128, 256, 32
 
 def trainer_for(sample_tokens: int | None, koopman_on: bool) -> HybridTrainer:
     torch.manual_seed(0)
-    model = KoopmanResNetBKLM(VOCAB, D, LAYERS, N_SEQ, num_experts=4, top_k=1,
+    model = KoopmanResNetBKLM(VOCAB, d_model=D, n_layers=LAYERS, n_seq=N_SEQ, num_experts=4, top_k=1,
                               koopman=KoopmanOptions(dim=K, sample_tokens=sample_tokens))
     tokens = torch.randint(0, VOCAB, (BATCH * N_SEQ * 4 + 1,))
     batches = TokenBatches(tokens, N_SEQ, BATCH)
@@ -59,7 +59,7 @@ def layer_comparison(repeats: int) -> list[tuple[str, float, float, float]]:
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
-    block = KoopmanResNetBKLM(VOCAB, D, 1, N_SEQ, koopman=KoopmanOptions(dim=K)).blocks[0].eval()
+    block = KoopmanResNetBKLM(VOCAB, d_model=D, n_layers=1, n_seq=N_SEQ, koopman=KoopmanOptions(dim=K)).blocks[0].eval()
     u = torch.randn(BATCH, N_SEQ, D)
     calls = {"ResNet-BK layer f(u)": lambda: block.layer(u),
              "Koopman mode ψ(Kφ(u)) − u": lambda: block.koopman.increment(u)}

@@ -12,22 +12,20 @@ renamed into place in one step, so a killed run leaves either a whole entry or n
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from kbk.data.batching import num_windows
-from kbk.data.tokenizers import TOKENIZERS, build_tokenizer, load_tokenizer
-from kbk.errors import DataError
+from kbk.data.tokenizers import build_tokenizer, load_tokenizer
+from kbk.errors import DataError, SettingError
 
-DEFAULT_CACHE_DIR = "outputs/cache/data"
 CACHE_FORMAT = 1
 
 
@@ -84,26 +82,32 @@ class Corpus:
         return self._floors[split, n_seq]
 
 
-def load_corpus(source: str = "synthetic", **options) -> Corpus:
-    """Load `source` ("synthetic" | "text" | "wikitext2") with that source's keyword options."""
-    from kbk.data.synthetic import load_synthetic
-    from kbk.data.text import load_text
-    from kbk.data.wikitext2 import load_wikitext2
+def load_corpus(source: str = "synthetic", **options: Any) -> Corpus:
+    """Load `source` ("synthetic" | "text" | "wikitext2") with that source's options (the fields of its settings
+    dataclass); an unknown option or one out of range is a `DataError` naming `data.<option>`."""
+    from kbk.data.synthetic import SyntheticConfig, load_synthetic
+    from kbk.data.text import TextConfig, load_text
+    from kbk.data.wikitext2 import WikiText2Config, load_wikitext2
 
-    loaders: dict[str, Callable[..., Corpus]] = {
-        "synthetic": load_synthetic,
-        "text": load_text,
-        "wikitext2": load_wikitext2,
+    sources: dict[str, tuple[type, Callable[..., Corpus]]] = {
+        "synthetic": (SyntheticConfig, load_synthetic),
+        "text": (TextConfig, load_text),
+        "wikitext2": (WikiText2Config, load_wikitext2),
     }
-    if source not in loaders:
-        raise DataError(f"unknown data source {source!r}: choose one of {', '.join(loaders)}")
-    allowed = inspect.signature(loaders[source]).parameters
+    if source not in sources:
+        raise DataError(f"unknown data source {source!r}: choose one of {', '.join(sources)}")
+    settings, loader = sources[source]
+    allowed = [f.name for f in fields(settings)]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise DataError(
             f"data={source} has no option(s) {', '.join(unknown)}: its options are {', '.join(allowed)}"
         )
-    return loaders[source](**options)
+    try:
+        config = settings(**options)
+    except SettingError as exc:
+        raise DataError(f"data.{exc}") from None
+    return loader(config)
 
 
 def cache_key(name: str, settings: dict, files: list[Path] = ()) -> str:
@@ -152,10 +156,6 @@ def tokenised_corpus(
     test split's text, if the source has one; it is read and tokenised only when `Corpus.test()` asks for it (not
     cached: the cache key, and so the training data, never depends on the test files).
     """
-    if settings["tokenizer"] not in TOKENIZERS:
-        raise DataError(
-            f"unknown data.tokenizer={settings['tokenizer']!r}: choose one of {', '.join(TOKENIZERS)}"
-        )
     folder = Path(cache_dir) / cache_key(name, settings, files) if cache_dir is not None else None
     if folder is not None and (folder / "meta.json").is_file():
         try:

@@ -16,6 +16,8 @@ model, sampled only when asked for, with its own exact floor (`Corpus.loss_floor
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +25,7 @@ import torch
 from kbk.data.batching import window_starts
 from kbk.data.corpus import Corpus
 from kbk.data.tokenizers import IdTokenizer
-from kbk.errors import DataError
+from kbk.errors import require
 
 
 class HMM:
@@ -129,31 +131,39 @@ def make_hmm(
     return HMM(transition, torch.from_numpy(emit), stationary(transition))
 
 
-def load_synthetic(
-    vocab_size: int = 256,
-    n_states: int = 32,
-    n_successors: int = 3,
-    zipf_exponent: float = 1.2,
-    n_train_tokens: int = 300_000,
-    n_val_tokens: int = 30_000,
-    seed: int = 0,
-) -> Corpus:
-    """Train, validation and (on demand) test streams from one seeded HMM; independent of the global RNGs."""
-    checks = {
-        "vocab_size": (vocab_size, vocab_size >= 2, ">= 2"),
-        "n_states": (n_states, n_states >= 1, ">= 1"),
-        "n_successors": (n_successors, 1 <= n_successors <= n_states, f"between 1 and n_states={n_states}"),
-        "zipf_exponent": (zipf_exponent, zipf_exponent >= 0, ">= 0"),
-        "n_train_tokens": (n_train_tokens, n_train_tokens >= 2, ">= 2"),
-        "n_val_tokens": (n_val_tokens, n_val_tokens >= 2, ">= 2"),
-    }
-    for key, (value, ok, allowed) in checks.items():
-        if not ok:
-            raise DataError(f"data.{key}={value} is out of range: it must be {allowed}")
+@dataclass
+class SyntheticConfig:
+    """The hidden Markov model behind `data=synthetic` and how much text it writes."""
+
+    vocab_size: int = 256
+    n_states: int = 32
+    n_successors: int = 3
+    zipf_exponent: float = 1.2
+    n_train_tokens: int = 300_000
+    n_val_tokens: int = 30_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self, "vocab_size", lambda v: v >= 2, "an integer >= 2")
+        require(self, "n_states", lambda v: v >= 1, "an integer >= 1")
+        require(self, "n_successors", lambda v: 1 <= v <= self.n_states,
+                f"an integer between 1 and n_states={self.n_states}")
+        require(self, "zipf_exponent", lambda v: v >= 0, "a number >= 0")
+        for name in ("n_train_tokens", "n_val_tokens"):
+            require(self, name, lambda v: v >= 2, "an integer >= 2")
+
+
+def load_synthetic(config: SyntheticConfig | None = None, **settings: Any) -> Corpus:
+    """Train, validation and (on demand) test streams from one seeded HMM; independent of the global RNGs.
+    `config`, or `SyntheticConfig`'s fields as keywords."""
+    if config is not None and settings:
+        raise TypeError("pass either a SyntheticConfig or its fields as keywords, not both")
+    c = config if config is not None else SyntheticConfig(**settings)
+    vocab_size, n_val_tokens = c.vocab_size, c.n_val_tokens
     # spawn(n)'s i-th child depends on i only, so the fourth (test) seed leaves the first three streams as they were
-    model_seed, train_seed, val_seed, test_seed = np.random.SeedSequence(seed).spawn(4)
-    hmm = make_hmm(vocab_size, n_states, n_successors, zipf_exponent, np.random.default_rng(model_seed))
-    train = hmm.sample(n_train_tokens, np.random.default_rng(train_seed))
+    model_seed, train_seed, val_seed, test_seed = np.random.SeedSequence(c.seed).spawn(4)
+    hmm = make_hmm(vocab_size, c.n_states, c.n_successors, c.zipf_exponent, np.random.default_rng(model_seed))
+    train = hmm.sample(c.n_train_tokens, np.random.default_rng(train_seed))
     val = hmm.sample(n_val_tokens, np.random.default_rng(val_seed))
     return Corpus(train, val, vocab_size, "synthetic", IdTokenizer(vocab_size), source_model=hmm,
                   test_loader=lambda: hmm.sample(n_val_tokens, np.random.default_rng(test_seed)))

@@ -6,10 +6,13 @@ training vocabulary when an evaluation asks for it (`Corpus.test()`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kbk.data.corpus import Corpus, tokenised_corpus
-from kbk.errors import DataError
+from kbk.data.tokenizers import TOKENIZERS
+from kbk.errors import DataError, require, require_choice
 
 VAL_NAMES = ("valid.txt", "val.txt", "validation.txt")
 TEST_NAME = "test.txt"
@@ -66,18 +69,27 @@ def find_files(
     return files, None, test
 
 
-def load_text(
-    path: str | Path | None = None,
-    tokenizer: str = "char",
-    val_fraction: float = 0.1,
-    max_vocab: int = 30_000,
-    bpe_vocab_size: int = 4096,
-    lowercase: bool = False,
-    eos: bool = True,
-    cache_dir: str | Path | None = None,
-    prepare_command: str | None = None,
-) -> Corpus:
-    """Tokenise local text.
+@dataclass
+class TextConfig:
+    """Local text (`data=text`): where it is, and how it is split and tokenised."""
+
+    path: str | None = None  # a .txt file or a folder of them
+    tokenizer: str = "char"  # "char" | "word" | "bpe"
+    val_fraction: float = 0.1  # the last part of the text held out, when the folder has no valid.txt
+    max_vocab: int = 30_000  # word: the most frequent training words kept
+    bpe_vocab_size: int = 4096
+    lowercase: bool = False
+    eos: bool = True  # word: <eos> at the end of every line
+    cache_dir: str | None = None  # the tokenised-data cache; None: no cache
+    prepare_command: str | None = None  # what the missing-path error tells the user to run
+
+    def __post_init__(self) -> None:
+        require_choice(self, "tokenizer", TOKENIZERS)
+        require(self, "val_fraction", lambda v: 0.0 < v < 1.0, "a number strictly between 0 and 1 (e.g. 0.1)")
+
+
+def load_text(config: TextConfig | None = None, **settings: Any) -> Corpus:
+    """Tokenise local text (`config`, or `TextConfig`'s fields as keywords).
 
     `path`: a `.txt` file, or a folder (its `train.txt` + `valid.txt` when both exist, else every `*.txt`
     below it, concatenated in sorted order, the last `val_fraction` being validation; a folder's `test.txt` is
@@ -85,12 +97,13 @@ def load_text(
     | "bpe" (`bpe_vocab_size`). `prepare_command`: what the missing-path error tells the user to run (e.g.
     `python experiments/data/kjv.py`).
     """
-    if path is None or str(path) == "":
+    if config is not None and settings:
+        raise TypeError("pass either a TextConfig or its fields as keywords, not both")
+    c = config if config is not None else TextConfig(**settings)
+    if c.path is None or str(c.path) == "":
         raise DataError(f"data=text needs data.path: {_FIX}")
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1 (e.g. 0.1)")
-    path = Path(path).expanduser()
-    train_files, val_files, test_file = find_files(path, prepare_command)
+    path = Path(c.path).expanduser()
+    train_files, val_files, test_file = find_files(path, c.prepare_command)
 
     def read_texts() -> tuple[str, str]:
         train = _concat(train_files)
@@ -101,16 +114,10 @@ def load_text(
             if not val:
                 raise DataError(f"{val_files[0]} is empty: put validation text in it, or remove it")
             return train, val
-        return split_text(train, val_fraction)
+        return split_text(train, c.val_fraction)
 
-    settings = {
-        "path": str(path.resolve()),
-        "tokenizer": tokenizer,
-        "val_fraction": val_fraction,
-        "max_vocab": max_vocab,
-        "bpe_vocab_size": bpe_vocab_size,
-        "lowercase": lowercase,
-        "eos": eos,
-    }
+    # What the tokenised text depends on: the cache key (so the same names and order as ever).
+    settings = {"path": str(path.resolve()), **{k: getattr(c, k) for k in (
+        "tokenizer", "val_fraction", "max_vocab", "bpe_vocab_size", "lowercase", "eos")}}
     read_test = None if test_file is None else (lambda: _concat([test_file]))
-    return tokenised_corpus("text", read_texts, settings, train_files + (val_files or []), cache_dir, read_test)
+    return tokenised_corpus("text", read_texts, settings, train_files + (val_files or []), c.cache_dir, read_test)

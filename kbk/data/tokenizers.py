@@ -8,11 +8,11 @@ that restores it from its JSON. `load_tokenizer(path)` reads any of them back.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
 from kbk.errors import DataError
+from kbk.files import write_atomic
 
 UNK, EOS = "<unk>", "<eos>"
 TOKENIZERS = ("word", "char", "bpe")
@@ -25,13 +25,8 @@ class _JsonTokenizer:
         raise NotImplementedError
 
     def save(self, path: str | Path) -> None:
-        # temp file + rename: a killed run never leaves half a vocabulary behind
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(
-            json.dumps({"type": self.kind, **self.to_dict()}, ensure_ascii=False), encoding="utf-8"
-        )
-        os.replace(tmp, path)
+        # atomically: a killed run never leaves half a vocabulary behind
+        write_atomic(path, json.dumps({"type": self.kind, **self.to_dict()}, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | Path):

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from kbk.data.corpus import Corpus, tokenised_corpus
-from kbk.errors import DataError
+from kbk.data.tokenizers import TOKENIZERS
+from kbk.errors import DataError, require, require_choice
 
 HUB_NAME, HUB_CONFIG = "wikitext", "wikitext-2-raw-v1"
 TRAINING_SPLITS = ("train", "validation")
@@ -116,22 +119,32 @@ def _read_hub(
     return tuple(_rows_to_text(ds[split]["text"]) for split in splits)
 
 
-def load_wikitext2(
-    path: str | Path | None = None,
-    tokenizer: str = "word",
-    max_vocab: int = 30_000,
-    bpe_vocab_size: int = 4096,
-    lowercase: bool = False,
-    eos: bool = True,
-    cache_dir: str | Path | None = None,
-    hf_cache_dir: str | None = None,
-    hub_timeout_s: float = 5.0,
-) -> Corpus:
-    """WikiText-2 raw, train/validation splits (and test, see `Corpus.test()`). `path`: a local copy in the hub's
-    layout (None: the hub).
+@dataclass
+class WikiText2Config:
+    """WikiText-2 raw (`data=wikitext2`): where it comes from and how it is tokenised."""
 
-    `hf_cache_dir` is where `datasets` keeps its own files (None: its default under HF_HOME).
-    """
+    path: str | None = None  # a local copy in the hub's layout; None: the hub
+    tokenizer: str = "word"  # "word" | "char" | "bpe"
+    max_vocab: int = 30_000
+    bpe_vocab_size: int = 4096
+    lowercase: bool = False
+    eos: bool = True
+    cache_dir: str | None = None  # the tokenised-data cache; None: no cache
+    hf_cache_dir: str | None = None  # where `datasets` keeps its own files (None: its default under HF_HOME)
+    hub_timeout_s: float = 5.0  # how long to wait for the hub before calling it unreachable
+
+    def __post_init__(self) -> None:
+        require_choice(self, "tokenizer", TOKENIZERS)
+        require(self, "hub_timeout_s", lambda v: v > 0, "a number of seconds > 0")
+
+
+def load_wikitext2(config: WikiText2Config | None = None, **settings: Any) -> Corpus:
+    """WikiText-2 raw, train/validation splits (and test, see `Corpus.test()`), from `config` or
+    `WikiText2Config`'s fields as keywords."""
+    if config is not None and settings:
+        raise TypeError("pass either a WikiText2Config or its fields as keywords, not both")
+    c = config if config is not None else WikiText2Config(**settings)
+    path, hf_cache_dir = c.path, c.hf_cache_dir
     if path is not None and str(path) != "":
         path = Path(path).expanduser()
         files = local_files(path)
@@ -146,15 +159,10 @@ def load_wikitext2(
         flat, source, has_test = [], f"hub:{HUB_NAME}/{HUB_CONFIG}", True
 
         def read_splits(splits=TRAINING_SPLITS):
-            return _read_hub(hf_cache_dir, hub_timeout_s, splits)
+            return _read_hub(hf_cache_dir, c.hub_timeout_s, splits)
 
-    settings = {
-        "source": source,
-        "tokenizer": tokenizer,
-        "max_vocab": max_vocab,
-        "bpe_vocab_size": bpe_vocab_size,
-        "lowercase": lowercase,
-        "eos": eos,
-    }
+    # What the tokenised text depends on: the cache key (so the same names and order as ever).
+    settings = {"source": source, **{k: getattr(c, k) for k in (
+        "tokenizer", "max_vocab", "bpe_vocab_size", "lowercase", "eos")}}
     read_test = (lambda: read_splits(("test",))[0]) if has_test else None
-    return tokenised_corpus("wikitext2", read_splits, settings, flat, cache_dir, read_test)
+    return tokenised_corpus("wikitext2", read_splits, settings, flat, c.cache_dir, read_test)

@@ -28,9 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from kbk.errors import ConfigError
-
-ESTIMATORS = ("ridge", "lstsq", "forgetting")
+from kbk.koopman.config import DMDConfig
 
 
 def lstsq_operator(z: Tensor, z_next: Tensor, rtol: float = 1e-6) -> tuple[Tensor, float]:
@@ -105,46 +103,18 @@ class StreamingDMD(torch.nn.Module):
     Typical use, once per training step: `dmd.push(z, z_next)` then `dmd.step(layer.K)`.
     """
 
-    def __init__(
-        self,
-        koopman_dim: int,
-        buffer_size: int = 100,
-        alpha: float = 0.1,
-        estimator: str = "ridge",
-        ridge: float = 1e-3,
-        svd_rtol: float = 1e-6,
-        forgetting: float = 0.99,
-        max_condition: float = 1e8,
-        update_interval: int = 1,
-    ) -> None:
+    def __init__(self, koopman_dim: int, config: DMDConfig | None = None, **settings: Any) -> None:
+        """`config` or, in its place, `DMDConfig`'s fields as keywords (`StreamingDMD(16, buffer_size=32)`)."""
         super().__init__()
+        if config is not None and settings:
+            raise TypeError("pass either a DMDConfig or its fields as keywords, not both")
+        config = config if config is not None else DMDConfig(**settings)
         if koopman_dim < 1:
-            raise ConfigError(f"koopman_dim must be positive, got {koopman_dim}")
-        if buffer_size < 1:
-            raise ConfigError(f"dmd.buffer_size must be positive, got {buffer_size}")
-        if not 0.0 < alpha <= 1.0:
-            raise ConfigError(f"dmd.alpha must be in (0, 1], got {alpha}")
-        if estimator not in ESTIMATORS:
-            raise ConfigError(f"dmd.estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
-        if ridge < 0:
-            raise ConfigError(f"dmd.ridge must be >= 0, got {ridge}")
-        if not 0.0 <= svd_rtol < 1.0:  # 0 keeps every non-zero singular value
-            raise ConfigError(f"dmd.svd_rtol must be in [0, 1), got {svd_rtol}")
-        if not 0.0 < forgetting < 1.0:
-            raise ConfigError(f"dmd.forgetting must be in (0, 1), got {forgetting}")
-        if not max_condition > 1.0:
-            raise ConfigError(f"dmd.max_condition must be > 1, got {max_condition}")
-        if update_interval < 1:
-            raise ConfigError(f"dmd.update_interval must be >= 1, got {update_interval}")
+            raise ValueError(f"koopman_dim must be positive, got {koopman_dim}")
+        self.config = config
         self.koopman_dim = koopman_dim
-        self.buffer_size = buffer_size
-        self.alpha = alpha
-        self.estimator = estimator
-        self.ridge = ridge
-        self.svd_rtol = svd_rtol
-        self.forgetting = forgetting
-        self.max_condition = max_condition
-        self.update_interval = update_interval
+        self.estimator = config.estimator.value  # a plain str, as compared below
+        buffer_size, estimator = config.buffer_size, self.estimator
 
         # The forgetting estimator keeps only its Grams, so its pair storage is empty (but keeps the dtype).
         rows = 0 if estimator == "forgetting" else buffer_size
@@ -243,19 +213,19 @@ class StreamingDMD(torch.nn.Module):
         if self.estimator == "forgetting":
             self._absorb(z, z_next)
             return
-        if m > self.buffer_size:
-            keep = torch.randperm(m)[: self.buffer_size].to(z.device)
+        if m > self.config.buffer_size:
+            keep = torch.randperm(m)[: self.config.buffer_size].to(z.device)
             z, z_next = z[keep], z_next[keep]
-            m = self.buffer_size
-        slots = (self.write_pos + torch.arange(m, device=self.write_pos.device)) % self.buffer_size
+            m = self.config.buffer_size
+        slots = (self.write_pos + torch.arange(m, device=self.write_pos.device)) % self.config.buffer_size
         self.z[slots] = z.to(self.z)
         self.z_next[slots] = z_next.to(self.z_next)
-        self.write_pos.copy_((self.write_pos + m) % self.buffer_size)
-        self.count.copy_(torch.clamp(self.count + m, max=self.buffer_size))
+        self.write_pos.copy_((self.write_pos + m) % self.config.buffer_size)
+        self.count.copy_(torch.clamp(self.count + m, max=self.config.buffer_size))
 
     def _absorb(self, z: Tensor, z_next: Tensor) -> None:
         z64, z_next64 = z.to(self.gram), z_next.to(self.gram)
-        m, rho = z64.shape[0], self.forgetting
+        m, rho = z64.shape[0], self.config.forgetting
         gram = rho * self.gram + (1 - rho) / m * (z64.mT @ z64)
         cross = rho * self.cross + (1 - rho) / m * (z_next64.mT @ z64)
         # torch.where rather than an `if` on a tensor: no host-device sync on every training step.
@@ -273,11 +243,11 @@ class StreamingDMD(torch.nn.Module):
         if self.n_pairs == 0:
             return None
         if self.estimator == "forgetting":
-            return ridge_operator(self.gram, self.cross, self.ridge, max_condition, lazy_condition=True)
+            return ridge_operator(self.gram, self.cross, self.config.ridge, max_condition, lazy_condition=True)
         z, z_next = self.z[: self.n_pairs].double(), self.z_next[: self.n_pairs].double()
         if self.estimator == "lstsq":
-            return lstsq_operator(z, z_next, self.svd_rtol)
-        return ridge_operator(z.mT @ z, z_next.mT @ z, self.ridge, max_condition, lazy_condition=True)
+            return lstsq_operator(z, z_next, self.config.svd_rtol)
+        return ridge_operator(z.mT @ z, z_next.mT @ z, self.config.ridge, max_condition, lazy_condition=True)
 
     @torch.no_grad()
     def estimate(self) -> Tensor | None:
@@ -296,7 +266,7 @@ class StreamingDMD(torch.nn.Module):
             n = self.n_pairs
             if not bool(torch.isfinite(self.z[:n]).all() & torch.isfinite(self.z_next[:n]).all()):
                 return None, "non-finite pairs in the buffer"
-        solved = self._solve(self.max_condition)
+        solved = self._solve(self.config.max_condition)
         if solved is None:
             return None, "no pairs yet"
         k_dmd, condition = solved
@@ -305,8 +275,8 @@ class StreamingDMD(torch.nn.Module):
         else:
             self._pending_condition = None
             self.last_condition.fill_(condition)
-            if not condition <= self.max_condition:
-                limit = self.max_condition
+            if not condition <= self.config.max_condition:
+                limit = self.config.max_condition
                 return None, f"ill-conditioned: condition number {condition:.3g} > max_condition {limit:.3g}"
         if not bool(torch.isfinite(k_dmd).all()):
             return None, "non-finite estimate"
@@ -334,19 +304,19 @@ class StreamingDMD(torch.nn.Module):
             self.rejected += 1
             self.last_reject_reason = reason
             return False
-        operator.mul_(1 - self.alpha).add_(k_dmd.to(operator), alpha=self.alpha)
+        operator.mul_(1 - self.config.alpha).add_(k_dmd.to(operator), alpha=self.config.alpha)
         self.accepted += 1
         return True
 
     def step(self, operator: Tensor) -> bool | None:
         """Call once per training step: runs `update` every `update_interval`-th step, else returns None."""
         self.n_steps += 1
-        if self.n_steps % self.update_interval != 0:
+        if self.n_steps % self.config.update_interval != 0:
             return None
         return self.update(operator)
 
     def extra_repr(self) -> str:
         return (
-            f"koopman_dim={self.koopman_dim}, estimator={self.estimator!r}, buffer_size={self.buffer_size}, "
-            f"alpha={self.alpha}, ridge={self.ridge}"
+            f"koopman_dim={self.koopman_dim}, estimator={self.estimator!r}, buffer_size={self.config.buffer_size}, "
+            f"alpha={self.config.alpha}, ridge={self.config.ridge}"
         )

@@ -28,50 +28,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kbk.koopman import diagnostics as operator_diagnostics
+from kbk.koopman.config import DMDConfig, KoopmanConfig, OperatorUpdate
 from kbk.koopman.dmd import StreamingDMD
+from kbk.models.config import ResNetBKConfig
+from kbk.models.output import LMOutput
 from kbk.models.resnet_bk import ResNetBKLayer
 
-OPERATOR_UPDATES = ("gradient", "dmd", "both")
-OPERATOR_INITS = ("identity_noise", "orthogonal")
-LAYER_MODES = ("standard", "koopman", "skip")
-# The linear term's penalty: squared error, or the seed's Huber (smooth L1 with beta 1, mean over entries).
-LINEAR_LOSSES = {"mse": F.mse_loss, "huber": F.smooth_l1_loss}
+# The linear term's penalty by `KoopmanConfig.linear_loss`: squared error, or the seed's Huber (smooth L1 with
+# beta 1, mean over entries).
+LINEAR_LOSS_FUNCTIONS = {"mse": F.mse_loss, "huber": F.smooth_l1_loss}
 
 
 @dataclass
-class KoopmanOptions:
-    """Everything about the Koopman companions. `dim` is koopman_dim; `dmd` holds StreamingDMD keyword arguments."""
+class KoopmanOptions(KoopmanConfig):
+    """`KoopmanConfig` with its DMD settings attached (a `DMDConfig` or its fields as a dict): the one-argument form
+    of `KoopmanResNetBKLM(..., koopman=KoopmanOptions(dim=32, dmd={"buffer_size": 48}))` that scripts and
+    tests/test_pinned_results.py use. New code passes `koopman=KoopmanConfig(...), dmd=DMDConfig(...)`."""
 
-    dim: int = 256
-    operator_update: str = "both"  # who writes K: "gradient" (DMD only diagnoses), "dmd" (K is a buffer), "both"
-    init: str = "identity_noise"  # K0 = I + init_scale·randn/√k (spectral radius ≈ 1 + init_scale), or "orthogonal"
-    init_scale: float = 0.01
-    detach_backbone: bool = True
-    detach_targets: bool = False  # stop-gradient through z⁺ in the linear term
-    linear_weight: float = 1.0
-    linear_loss: str = "mse"  # "mse" | "huber" (the seed's auxiliary loss, with recon/pred weights 0)
-    recon_weight: float = 1.0
-    pred_weight: float = 1.0
-    sample_tokens: int | None = 256  # tokens per step for the Koopman terms; None = all
-    # The Koopman terms (and their backward) on every n-th training step only; the steps between still lift the
-    # sampled pairs for DMD (forward only). 1 = every step. Trades the Koopman-mode gap for speed: measured in
-    # experiments/benchmarks/trial_cost_results.md.
-    terms_interval: int = 1
-    dmd: dict[str, Any] = field(default_factory=dict)
+    dmd: DMDConfig | dict[str, Any] = field(default_factory=DMDConfig)
 
     def __post_init__(self) -> None:
-        if self.dim <= 0:
-            raise ValueError(f"koopman dim must be > 0, got {self.dim}")
-        if self.operator_update not in OPERATOR_UPDATES:
-            raise ValueError(f"operator_update must be one of {OPERATOR_UPDATES}, got {self.operator_update!r}")
-        if self.init not in OPERATOR_INITS:
-            raise ValueError(f"init must be one of {OPERATOR_INITS}, got {self.init!r}")
-        if self.linear_loss not in LINEAR_LOSSES:
-            raise ValueError(f"linear_loss must be one of {tuple(LINEAR_LOSSES)}, got {self.linear_loss!r}")
-        if self.sample_tokens is not None and self.sample_tokens <= 0:
-            raise ValueError(f"sample_tokens must be > 0 or None (all tokens), got {self.sample_tokens}")
-        if self.terms_interval < 1:
-            raise ValueError(f"terms_interval must be >= 1, got {self.terms_interval}")
+        super().__post_init__()
+        if isinstance(self.dmd, dict):
+            self.dmd = DMDConfig(**self.dmd)
 
 
 def initial_operator(k: int, init: str, scale: float) -> torch.Tensor:
@@ -84,19 +64,19 @@ def initial_operator(k: int, init: str, scale: float) -> torch.Tensor:
 class KoopmanDynamics(nn.Module):
     """Lift φ, operator K, unlift ψ and a streaming DMD estimator for one block."""
 
-    def __init__(self, d_model: int, options: KoopmanOptions) -> None:
+    def __init__(self, d_model: int, config: KoopmanConfig, dmd: DMDConfig | None = None) -> None:
         super().__init__()
-        k = options.dim
-        self.options = options
+        k = config.dim
+        self.config = config
         self.lift = nn.Sequential(nn.Linear(d_model, k), nn.Tanh(), nn.Linear(k, k))
         self.unlift = nn.Sequential(nn.Linear(k, k), nn.Tanh(), nn.Linear(k, d_model))
-        k0 = initial_operator(k, options.init, options.init_scale)
-        if options.operator_update == "dmd":
+        k0 = initial_operator(k, config.init, config.init_scale)
+        if config.operator_update == OperatorUpdate.dmd:
             self.register_buffer("operator", k0.clone())
         else:
             self.operator = nn.Parameter(k0.clone())
         self.register_buffer("initial_operator", k0)
-        self.dmd = StreamingDMD(k, **options.dmd)
+        self.dmd = StreamingDMD(k, dmd if dmd is not None else DMDConfig())
 
     def advance(self, z: torch.Tensor) -> torch.Tensor:
         """One step of the linear dynamics on row vectors: z Kᵀ (= (K zᵀ)ᵀ)."""
@@ -113,14 +93,14 @@ class KoopmanDynamics(nn.Module):
 
     def terms(self, u: torch.Tensor, delta: torch.Tensor) -> dict[str, torch.Tensor]:
         """The training terms on (already sampled) rows u (M, d) and increments delta (M, d)."""
-        opts = self.options
+        opts = self.config
         if opts.detach_backbone:
             u, delta = u.detach(), delta.detach()
         nxt = u + delta
         z, z_next = self.lift(u), self.lift(nxt)
         target = z_next.detach() if opts.detach_targets else z_next
         z_pred = self.advance(z)
-        linear = LINEAR_LOSSES[opts.linear_loss](z_pred, target)
+        linear = LINEAR_LOSS_FUNCTIONS[opts.linear_loss](z_pred, target)
         recon = F.mse_loss(self.unlift(z_next), nxt)
         pred = F.mse_loss(self.unlift(z_pred), nxt)
         total = opts.linear_weight * linear + opts.recon_weight * recon + opts.pred_weight * pred
@@ -130,15 +110,37 @@ class KoopmanDynamics(nn.Module):
             "z": z.detach(), "z_next": z_next.detach(), "u": u.detach(), "delta": delta.detach(),
         }
 
+    @torch.no_grad()
+    def diagnostics(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Operator and prediction diagnostics from this block's `terms` on held-out rows: the operator's spectrum
+        and drift (`koopman_operator_stats`), how well ψ(Kφ(u)) and ψ(φ(u)) predict the block's next state
+        relative to its increment, ψ's reconstruction error, the lift's tanh saturation, and DMD's state."""
+        if not all(torch.isfinite(terms[k]).all() for k in ("z", "z_next", "u", "delta")):
+            return {"non_finite": 1.0}  # nothing meaningful to measure (Koopman was disabled)
+        z, z_next, u = terms["z"], terms["z_next"], terms["u"]
+        stats = operator_diagnostics.koopman_operator_stats(self.operator, self.initial_operator, z, z_next)
+        nxt = u + terms["delta"]
+        delta_norm = terms["delta"].norm().clamp_min(1e-12)
+        stats["state_rel_err"] = (self.unlift(self.advance(z)) - nxt).norm().item() / delta_norm.item()
+        stats["state_rel_err_identity"] = (self.unlift(z) - nxt).norm().item() / delta_norm.item()
+        stats["recon_rel_err"] = ((self.unlift(z_next) - nxt).norm() / nxt.norm().clamp_min(1e-12)).item()
+        stats["lift_saturation"] = operator_diagnostics.saturation_fraction(self.lift[:2](u))  # φ's tanh layer
+        estimate = self.dmd.estimate()
+        if estimate is not None:
+            k = self.operator.to(estimate.dtype)
+            stats["dmd_disagreement"] = ((k - estimate).norm() / k.norm()).item()
+        stats.update({f"dmd_{k}": float(v) for k, v in self.dmd.stats().items()})
+        return stats
+
 
 class ResNetBKBlock(nn.Module):
     """Pre-LayerNorm residual block x + f(LN x), with an optional Koopman companion."""
 
-    def __init__(self, d_model: int, layer_kwargs: dict[str, Any], koopman: KoopmanOptions | None) -> None:
+    def __init__(self, config: ResNetBKConfig, koopman: KoopmanConfig | None, dmd: DMDConfig | None) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(d_model)
-        self.layer = ResNetBKLayer(d_model, **layer_kwargs)
-        self.koopman = KoopmanDynamics(d_model, koopman) if koopman is not None else None
+        self.norm = nn.LayerNorm(config.d_model)
+        self.layer = ResNetBKLayer(config)
+        self.koopman = KoopmanDynamics(config.d_model, koopman, dmd) if koopman is not None else None
 
     def forward(
         self, x: torch.Tensor, mode: str = "standard", sample: torch.Tensor | None = None, pairs_only: bool = False
@@ -148,7 +150,7 @@ class ResNetBKBlock(nn.Module):
         u = self.norm(x)
         if mode == "koopman":
             if self.koopman is None:
-                raise ValueError("Koopman mode needs a model built with Koopman components (koopman_dim > 0)")
+                raise ValueError("Koopman mode needs a model built with Koopman components (koopman=KoopmanConfig())")
             return x + self.koopman.increment(u), None
         delta = self.layer(u)
         terms = None
@@ -160,41 +162,40 @@ class ResNetBKBlock(nn.Module):
 
 
 class KoopmanResNetBKLM(nn.Module):
-    """Token + position embeddings, ResNet-BK blocks (each with a Koopman companion unless `koopman=None`),
-    final LayerNorm, LM head. `koopman=None` is the plain ResNet-BK LM, the baseline with Koopman off."""
+    """Token + position embeddings, ResNet-BK blocks (each with a Koopman companion unless `koopman` is None or
+    not enabled), final LayerNorm, LM head. Without Koopman it is the plain ResNet-BK LM, the baseline.
+
+    `KoopmanResNetBKLM(vocab_size, ResNetBKConfig(...), koopman=KoopmanConfig(...), dmd=DMDConfig(...))`; in place
+    of `config`, `ResNetBKConfig`'s fields may be given as keywords (`KoopmanResNetBKLM(256, d_model=32)`).
+    """
 
     def __init__(
         self,
         vocab_size: int,
-        d_model: int = 64,
-        n_layers: int = 4,
-        n_seq: int = 128,
-        num_experts: int = 4,
-        top_k: int = 1,
-        dropout: float = 0.1,
-        v_max: float = 3.0,
-        z: complex = 1j,
-        bk_grad: str = "exact",
-        causal: bool = True,
-        koopman: KoopmanOptions | None = None,
-        moe_scale_by_router: bool = True,
+        config: ResNetBKConfig | None = None,
+        koopman: KoopmanConfig | None = None,
+        dmd: DMDConfig | None = None,
+        **settings: Any,
     ) -> None:
         super().__init__()
-        self.n_seq = n_seq
-        self.koopman_options = koopman
-        self.token_embedding = nn.Embedding(vocab_size, d_model)
-        self.position_embedding = nn.Embedding(n_seq, d_model)
-        layer_kwargs = dict(
-            num_experts=num_experts, top_k=top_k, dropout=dropout, v_max=v_max, z=z, bk_grad=bk_grad, causal=causal,
-            moe_scale_by_router=moe_scale_by_router,
-        )
-        self.blocks = nn.ModuleList(ResNetBKBlock(d_model, layer_kwargs, koopman) for _ in range(n_layers))
-        self.final_norm = nn.LayerNorm(d_model)
-        self.lm_head = nn.Linear(d_model, vocab_size)
+        if config is not None and settings:
+            raise TypeError("pass either a ResNetBKConfig or its fields as keywords, not both")
+        config = config if config is not None else ResNetBKConfig(**settings)
+        if isinstance(koopman, KoopmanOptions) and dmd is None:
+            dmd = koopman.dmd
+        koopman = koopman if koopman is not None and koopman.enabled else None
+        self.config = config
+        self.koopman_config = koopman
+        self.n_seq = config.n_seq
+        self.token_embedding = nn.Embedding(vocab_size, config.d_model)
+        self.position_embedding = nn.Embedding(config.n_seq, config.d_model)
+        self.blocks = nn.ModuleList(ResNetBKBlock(config, koopman, dmd) for _ in range(config.n_layers))
+        self.final_norm = nn.LayerNorm(config.d_model)
+        self.lm_head = nn.Linear(config.d_model, vocab_size)
 
     @property
     def has_koopman(self) -> bool:
-        return self.koopman_options is not None
+        return self.koopman_config is not None
 
     def koopman_dynamics(self) -> list[KoopmanDynamics]:
         return [b.koopman for b in self.blocks if b.koopman is not None]
@@ -205,7 +206,7 @@ class KoopmanResNetBKLM(nn.Module):
         modes: str | list[str] = "standard",
         koopman_terms: bool = False,
         pairs_only: bool = False,
-    ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    ) -> LMOutput:
         """Logits (B, N, vocab) and, with `koopman_terms`, each block's Koopman training terms (with `pairs_only`,
         only its lifted pairs `z`, `z_next`, without gradient).
 
@@ -217,7 +218,7 @@ class KoopmanResNetBKLM(nn.Module):
         x = self.embed(idx)
         sample = None
         if koopman_terms and self.has_koopman:
-            m = self.koopman_options.sample_tokens
+            m = self.koopman_config.sample_tokens
             sample = torch.randperm(b * n, device=idx.device)[:m] if m is not None and m < b * n else torch.arange(
                 b * n, device=idx.device
             )
@@ -226,7 +227,7 @@ class KoopmanResNetBKLM(nn.Module):
             x, t = block(x, mode=mode, sample=sample, pairs_only=pairs_only)
             if t is not None:
                 terms.append(t)
-        return self.head(x), terms
+        return LMOutput(self.head(x), terms)
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         """Token + position embeddings of (B, N) token ids: the first block's input."""
@@ -239,5 +240,27 @@ class KoopmanResNetBKLM(nn.Module):
         """Logits from the last block's output."""
         return self.lm_head(self.final_norm(x))
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups: every parameter decays but the Koopman operators (the seed's AdamW
+        pulled K toward 0 while DMD pushed it to I)."""
+        operators = {id(d.operator) for d in self.koopman_dynamics()}
+        decay, no_decay = [], []
+        for p in self.parameters():
+            (no_decay if id(p) in operators else decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        return groups
+
+    @torch.no_grad()
+    def koopman_diagnostics(self, idx: torch.Tensor, n_tokens: int) -> dict[str, float]:
+        """Every block's Koopman diagnostics (`KoopmanDynamics.diagnostics`) on the first `n_tokens` positions of
+        `idx` (B, N), as `koopman/<layer>/<name>`; draws nothing from the RNG."""
+        sample = torch.arange(n_tokens, device=idx.device)
+        x = self.embed(idx)
+        out: dict[str, float] = {}
+        for layer, block in enumerate(self.blocks):
+            x_next, terms = block(x, sample=sample)
+            out.update({f"koopman/{layer}/{name}": float(v) for name, v in block.koopman.diagnostics(terms).items()})
+            x = x_next
+        return out

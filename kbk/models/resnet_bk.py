@@ -17,30 +17,21 @@ import torch
 from torch import nn
 
 from kbk.models.bk_core import causal_resolvent_diagonal, resolvent_diagonal
+from kbk.models.config import ResNetBKConfig
 from kbk.models.moe import SparseMoE
 
 
 class ResNetBKLayer(nn.Module):
-    def __init__(
-        self,
-        d_model: int,
-        num_experts: int = 4,
-        top_k: int = 1,
-        dropout: float = 0.1,
-        v_max: float = 3.0,
-        z: complex = 1j,
-        bk_grad: str = "exact",
-        causal: bool = True,
-        moe_scale_by_router: bool = True,
-    ) -> None:
+    def __init__(self, config: ResNetBKConfig) -> None:
         super().__init__()
-        self.v_max = v_max
-        self.z = complex(z)
-        self.bk_grad = bk_grad
-        self.causal = causal
-        self.moe = SparseMoE(d_model, num_experts, top_k, dropout, scale_by_router=moe_scale_by_router)
-        self.v_proj = nn.Linear(d_model, 1)
-        self.output_proj = nn.Linear(2, d_model)
+        self.v_max = config.v_max
+        self.z = config.z
+        self.bk_grad = config.bk_grad
+        self.causal = config.causal
+        self.moe = SparseMoE(config.d_model, config.num_experts, config.top_k, config.dropout,
+                             scale_by_router=config.moe_scale_by_router)
+        self.v_proj = nn.Linear(config.d_model, 1)
+        self.output_proj = nn.Linear(2, config.d_model)
         self.bk_scale = nn.Parameter(torch.tensor(1.0))
 
     def potential(self, ffn: torch.Tensor) -> torch.Tensor:

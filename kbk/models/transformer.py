@@ -15,10 +15,14 @@ exactly.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from kbk.models.config import TransformerConfig
+from kbk.models.output import LMOutput
 
 MLP_RATIO = 4
 
@@ -125,26 +129,22 @@ class TransformerLM(nn.Module):
     (B, N, V)."""
 
     def __init__(
-        self,
-        vocab_size: int,
-        d_model: int,
-        n_layers: int,
-        n_heads: int,
-        n_seq: int,
-        dropout: float = 0.0,
-        tie_weights: bool = False,
+        self, vocab_size: int, config: TransformerConfig | None = None, tie_weights: bool = False, **settings: Any
     ) -> None:
+        """`config` or, in its place, `TransformerConfig`'s fields as keywords (`TransformerLM(256, d_model=32)`)."""
         super().__init__()
-        if min(vocab_size, d_model, n_heads, n_seq) <= 0 or n_layers < 0:
-            raise ValueError(
-                f"vocab_size, d_model, n_heads, n_seq must be positive and n_layers >= 0, got "
-                f"{vocab_size}, {d_model}, {n_heads}, {n_seq}, {n_layers}"
-            )
+        if config is not None and settings:
+            raise TypeError("pass either a TransformerConfig or its fields as keywords, not both")
+        config = config if config is not None else TransformerConfig(**settings)
+        if vocab_size <= 0:
+            raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+        self.config = config
         self.vocab_size = vocab_size
+        d_model, n_layers, n_heads, dropout = config.d_model, config.n_layers, config.n_heads, config.dropout
         self.d_model = d_model
         self.n_layers = n_layers
         self.n_heads = n_heads
-        self.n_seq = n_seq
+        self.n_seq = n_seq = config.n_seq
         self.tie_weights = tie_weights
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         self.pos_emb = nn.Embedding(n_seq, d_model)
@@ -169,7 +169,18 @@ class TransformerLM(nn.Module):
             for proj in (block.attn.proj, block.mlp.proj):
                 nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * self.n_layers))
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    #: No Koopman companions: the trainer's Koopman terms, modes and diagnostics never apply.
+    has_koopman = False
+
+    def koopman_dynamics(self) -> list[nn.Module]:
+        return []
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups: one, every parameter decaying."""
+        return [{"params": list(self.parameters()), "weight_decay": weight_decay}]
+
+    def forward(self, idx: torch.Tensor) -> LMOutput:
+        """Logits (B, N, V) and no Koopman terms (the same result shape as every kbk language model)."""
         B, N = idx.shape
         if N > self.n_seq:
             raise ValueError(f"sequence length {N} exceeds the model's n_seq={self.n_seq}")
@@ -177,8 +188,4 @@ class TransformerLM(nn.Module):
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
         for block in self.blocks:
             x = block(x)
-        return self.head(self.ln_f(x))
-
-    def num_parameters(self) -> int:
-        """All parameters, embeddings included, a tied matrix counted once (`parameters()` deduplicates)."""
-        return sum(p.numel() for p in self.parameters())
+        return LMOutput(self.head(self.ln_f(x)), [])

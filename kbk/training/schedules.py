@@ -1,6 +1,9 @@
 """Koopman loss-weight schedules: how much the auxiliary Koopman loss counts at each point of training.
 
-A schedule maps `progress` (epochs or optimiser steps, see `unit`) to a weight:
+`ScheduleConfig` is what a user sets (`unit` "fraction" of the run, "epoch" or "step"; `total` null for the end of
+training); `ScheduleConfig.resolve(total_steps, epochs)` turns it into the `KoopmanWeightSchedule` of one run,
+counted in epochs or optimiser steps. A schedule maps `progress` (epochs or optimiser steps, see `unit`) to a
+weight:
 
     progress < warmup            0                      phase "gradient_warmup" (Koopman learning off)
     warmup <= progress < total   ramp from min to max   phase "hybrid"
@@ -21,13 +24,12 @@ training epochs, the ramp ends where training ends, and the integer-epoch seed n
 seed's test line "0.0 -> 0.1875 -> 0.5" is what the same formula gives at epochs 2, 5, 10 with warmup=2,
 total=10, max=0.5; that setting is a guess.)
 
-Integer or continuous progress. `progress` may be fractional. Passing the integer epoch (`epoch_progress(e)`)
-holds the weight fixed for a whole epoch and reproduces the seed's table; passing `epoch + batch / batches`
-(`epoch_progress(e, batch, batches)`) ramps smoothly within epochs and reaches max_weight at the end of
-training: in the Colab setting the mean weight over (0-based) epochs 3 and 4 is then 0.025 and 0.075 instead
-of 0 and 0.05. Short runs count optimiser steps instead (`unit="step"`, `warmup`/`total` in steps); the
-formula is the same, and the unit records what `progress` means so that a saved schedule is not resumed
-against the wrong counter.
+Integer or continuous progress. `progress` may be fractional. Passing the integer epoch (what the trainer does
+with `unit="epoch"`) holds the weight fixed for a whole epoch and reproduces the seed's table; passing
+`epoch + batch / batches` ramps smoothly within epochs and reaches max_weight at the end of training: in the
+Colab setting the mean weight over (0-based) epochs 3 and 4 is then 0.025 and 0.075 instead of 0 and 0.05.
+Short runs count optimiser steps instead (`unit="step"`, `warmup`/`total` in steps); the formula is the same,
+and the unit records what `progress` means so that a saved schedule is not resumed against the wrong counter.
 
 A Koopman-dominant phase inside training needs `total` below the training length; the weight then stays at
 max.
@@ -43,106 +45,94 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from enum import Enum
 from typing import Any
 
-from kbk.errors import ConfigError
+from kbk.errors import SettingError, require, require_choice
 
-SCHEDULE_TYPES = ("linear", "exponential", "step", "constant")
-UNITS = ("epoch", "step")
-PHASES = ("gradient_warmup", "hybrid", "koopman_dominant")
+
+class ScheduleType(str, Enum):
+    linear = "linear"
+    exponential = "exponential"
+    step = "step"
+    constant = "constant"
+
+
+#: What `warmup`/`total` count: fractions of the run's optimiser steps (any run length), whole 0-based epochs
+#: (the weight fixed within an epoch, as the seed had it) or optimiser steps.
+UNITS = ("fraction", "epoch", "step")
 # Where the exponential ramp starts when min_weight is 0 (or smaller than this fraction of max_weight).
 EXP_FLOOR_RATIO = 1e-3
 
 
-class ScheduleConfigError(ConfigError, ValueError):
-    """A schedule argument is out of range: a ValueError for callers, a ConfigError so the entrypoint prints
-    the message alone."""
+def _finite(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
 
 
-def epoch_progress(epoch: int, batch: int | None = None, batches_per_epoch: int | None = None) -> float:
-    """Progress in epochs: the integer `epoch` (the seed's per-epoch weight) or
-    `epoch + batch / batches_per_epoch` (continuous within the epoch).
+@dataclass
+class ScheduleConfig:
+    type: ScheduleType = ScheduleType.linear
+    min_weight: float = 0.0
+    max_weight: float = 0.1
+    warmup: float = 0.3
+    total: float | None = None  # null: the end of training
+    unit: str = "fraction"  # "fraction" | "epoch" | "step" (see UNITS)
 
-    `epoch` and `batch` are 0-based, so the first batch of epoch 3 is progress 3.0 either way.
-    """
-    if batch is None and batches_per_epoch is None:
-        return float(epoch)
-    if batch is None or batches_per_epoch is None or not 0 <= batch < batches_per_epoch:
-        raise ValueError(
-            f"epoch_progress needs both batch and batches_per_epoch with 0 <= batch < batches_per_epoch, "
-            f"got batch={batch}, batches_per_epoch={batches_per_epoch}"
-        )
-    return epoch + batch / batches_per_epoch
+    def __post_init__(self) -> None:
+        require_choice(self, "type", ScheduleType)
+        require_choice(self, "unit", UNITS)
+        for name in ("min_weight", "max_weight", "warmup"):
+            require(self, name, lambda v: _finite(v) and v >= 0, "a finite number >= 0")
+        require(self, "total", lambda v: v is None or (_finite(v) and v > 0),
+                "a finite number > 0, or null for the end of training")
+        if self.min_weight > self.max_weight:
+            raise SettingError(type(self), "min_weight", self.min_weight, f"<= max_weight={self.max_weight}")
+        if self.total is not None and self.warmup > self.total:
+            raise SettingError(type(self), "warmup", self.warmup,
+                               f"<= total={self.total} ({self.unit}s): lower warmup or raise total")
+
+    def resolve(self, total_steps: int, epochs: int) -> KoopmanWeightSchedule:
+        """The schedule of a run of `total_steps` optimiser steps in `epochs` epochs: `unit: fraction` becomes
+        optimiser steps of this run, `total: null` its end."""
+        if self.unit == "fraction":
+            total = self.total if self.total is not None else 1.0
+            return KoopmanWeightSchedule(self.type, self.min_weight, self.max_weight,
+                                         warmup=math.floor(self.warmup * total_steps),
+                                         total=max(1, math.floor(total * total_steps)), unit="step")
+        end = epochs if self.unit == "epoch" else total_steps
+        return KoopmanWeightSchedule(self.type, self.min_weight, self.max_weight, warmup=self.warmup,
+                                     total=self.total if self.total is not None else end, unit=self.unit)
 
 
-def _finite(name: str, value: Any) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise ScheduleConfigError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(x):
-        raise ScheduleConfigError(f"{name} must be finite, got {value!r}")
-    return x
-
-
-class KoopmanWeightSchedule:
-    """The Koopman loss weight as a function of training progress (formulas in the module docstring).
+@dataclass
+class KoopmanWeightSchedule(ScheduleConfig):
+    """The Koopman loss weight as a function of training progress (formulas in the module docstring): a
+    `ScheduleConfig` resolved for one run, counted in epochs or optimiser steps (`ScheduleConfig.resolve`).
 
     Stateless apart from its configuration, so `state_dict` is the config and a resumed run recomputes the
     weight from its progress counter.
     """
 
-    def __init__(
-        self,
-        type: str = "linear",
-        min_weight: float = 0.0,
-        max_weight: float = 0.1,
-        warmup: float = 3,
-        total: float = 5,
-        unit: str = "epoch",
-    ) -> None:
-        if type not in SCHEDULE_TYPES:
-            raise ScheduleConfigError(f"type must be one of {', '.join(SCHEDULE_TYPES)}, got {type!r}")
-        if unit not in UNITS:
-            raise ScheduleConfigError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
-        min_weight = _finite("min_weight", min_weight)
-        max_weight = _finite("max_weight", max_weight)
-        warmup = _finite("warmup", warmup)
-        total = _finite("total", total)
-        if min_weight < 0:
-            raise ScheduleConfigError(f"min_weight must be >= 0, got {min_weight}")
-        if max_weight < 0:
-            raise ScheduleConfigError(f"max_weight must be >= 0, got {max_weight}")
-        if min_weight > max_weight:
-            raise ScheduleConfigError(
-                f"min_weight must be <= max_weight, got min_weight={min_weight} > max_weight={max_weight}"
-            )
-        if total <= 0:
-            raise ScheduleConfigError(f"total must be > 0 {unit}s, got {total}")
-        if warmup < 0:
-            raise ScheduleConfigError(f"warmup must be >= 0 {unit}s, got {warmup}")
-        if warmup > total:
-            raise ScheduleConfigError(
-                f"warmup must be <= total, got warmup={warmup} > total={total} ({unit}s); "
-                f"lower warmup or raise total"
-            )
-        self.type = type
-        self.min_weight = min_weight
-        self.max_weight = max_weight
-        self.warmup = warmup
-        self.total = total
-        self.unit = unit
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self, "unit", lambda v: v != "fraction",
+                "epoch or step (resolve a fraction against the run first: ScheduleConfig.resolve)")
+        require(self, "total", lambda v: v is not None, "a number of epochs or steps (resolve null first: "
+                "ScheduleConfig.resolve)")
+        for name in ("min_weight", "max_weight", "warmup", "total"):
+            setattr(self, name, float(getattr(self, name)))
 
     # -- the schedule --------------------------------------------------------------------------------------
 
     def active(self, progress: float) -> bool:
         """Whether Koopman learning is on: from `warmup` (inclusive) onwards."""
-        return _finite("progress", progress) >= self.warmup
+        return _progress(progress) >= self.warmup
 
     def phase(self, progress: float) -> str:
         """`gradient_warmup` before warmup, `hybrid` while ramping in [warmup, total), `koopman_dominant`
         from total on."""
-        p = _finite("progress", progress)
+        p = _progress(progress)
         if p < self.warmup:
             return "gradient_warmup"
         if p < self.total:
@@ -151,7 +141,7 @@ class KoopmanWeightSchedule:
 
     def weight(self, progress: float) -> float:
         """The Koopman loss weight at `progress` (same unit as warmup/total; fractional allowed)."""
-        p = _finite("progress", progress)
+        p = _progress(progress)
         if p < self.warmup:
             return 0.0
         # Checked before computing r so that warmup == total (span 0) never divides by zero.
@@ -177,14 +167,8 @@ class KoopmanWeightSchedule:
     # -- config round trip ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "min_weight": self.min_weight,
-            "max_weight": self.max_weight,
-            "warmup": self.warmup,
-            "total": self.total,
-            "unit": self.unit,
-        }
+        """The settings as plain values (the type's name, not the Enum): what a checkpoint stores."""
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"type": self.type.value}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Replace the configuration by `state`, validated as the constructor does (missing keys take the
@@ -193,17 +177,20 @@ class KoopmanWeightSchedule:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> KoopmanWeightSchedule:
-        allowed = ("type", "min_weight", "max_weight", "warmup", "total", "unit")
+        allowed = [f.name for f in fields(cls)]
         unknown = sorted(set(d) - set(allowed))
         if unknown:
-            raise ScheduleConfigError(
+            raise ValueError(
                 f"unknown schedule keys {unknown}; allowed keys are {', '.join(allowed)}"
             )
         return cls(**dict(d))
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, KoopmanWeightSchedule) and self.state_dict() == other.state_dict()
-
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.state_dict().items())
         return f"KoopmanWeightSchedule({args})"
+
+
+def _progress(value: Any) -> float:
+    if not _finite(value):
+        raise ValueError(f"progress must be a finite number, got {value!r}")
+    return float(value)

@@ -25,21 +25,19 @@ import itertools
 import math
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from kbk.data.batching import TokenBatches
 from kbk.errors import CheckpointError
-from kbk.koopman import diagnostics
-from kbk.models.koopman_lm import KoopmanResNetBKLM
 from kbk.tracking.base import NullTracker, Tracker
 from kbk.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from kbk.training.schedules import KoopmanWeightSchedule
+from kbk.training.schedules import KoopmanWeightSchedule, ScheduleConfig
+from kbk.training.trainer_config import TrainerConfig
 
 PHASE_CODES = {"gradient_warmup": 0, "hybrid": 1, "koopman_dominant": 2}
 
@@ -48,30 +46,30 @@ class TrainingDiverged(RuntimeError):
     """Training cannot go on (non-finite losses); the message has the step and the reason."""
 
 
+class Callback(Protocol):
+    """What happens at each evaluation besides logging: printing progress, reporting to a pruner (which may raise,
+    e.g. `optuna.TrialPruned`, to stop the run). `metrics` are the evaluation's; `trainer.step`, `.epoch`,
+    `.total_steps`, `.history` and `.train_seconds` say where training stands."""
+
+    def on_evaluation(self, trainer: HybridTrainer, metrics: dict[str, float]) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: CUDA when this machine has it, else the CPU; any other name as torch spells it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 @dataclass
-class TrainerOptions:
-    epochs: int = 5
-    max_steps: int | None = None  # stop after this many optimiser steps even mid-epoch
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    grad_clip: float = 0.5
-    eval_every: int | None = None  # steps between evaluations; None = at each epoch's end
-    eval_batches: int | None = None  # validation batches per evaluation; None = all
-    log_every: int = 10
-    checkpoint_every: int | None = None  # steps between checkpoints; None = at each evaluation
-    fallback_threshold: float = 10.0
-    max_nan_steps: int = 5
-    diagnostics_tokens: int = 512  # validation tokens used for the per-layer Koopman diagnostics
-    layerwise_eval: bool = True  # at the end: Koopman mode and layer-skip one layer at a time
-    layerwise_tokens: int | None = 8192  # the first validation tokens those use; None = all
+class TrainerOptions(TrainerConfig):
+    """`TrainerConfig` on the CPU unless told otherwise: the form scripts and tests/test_pinned_results.py build a
+    trainer with (its numbers are CPU numbers). New code passes a `TrainerConfig`."""
+
     device: str = "cpu"
-    lr_schedule: str = "constant"  # "constant" | "cosine" (to min_lr at the last step), after the warm-up
-    warmup_steps: int = 0  # optimiser steps of linear warm-up from 0 to lr
-    min_lr: float = 0.0  # where "cosine" ends
-    grad_accum_steps: int = 1  # micro-batches per optimiser step
 
 
-def lr_factor(step: int, options: TrainerOptions, total_steps: int) -> float:
+def lr_factor(step: int, options: TrainerConfig, total_steps: int) -> float:
     """The multiple of `options.lr` at optimiser step `step` (0-based): `step / warmup_steps` during the warm-up,
     then 1 ("constant") or a half cosine from 1 to `min_lr / lr` at the last step, `total_steps - 1` ("cosine")."""
     warmup = options.warmup_steps
@@ -84,7 +82,7 @@ def lr_factor(step: int, options: TrainerOptions, total_steps: int) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def optimizer_steps(batches_per_epoch: int, options: TrainerOptions) -> int:
+def optimizer_steps(batches_per_epoch: int, options: TrainerConfig) -> int:
     """The optimiser steps of a whole run: `grad_accum_steps` batches each (fewer at an epoch's end), at most
     `max_steps`."""
     total = -(-batches_per_epoch // options.grad_accum_steps) * options.epochs
@@ -112,29 +110,35 @@ def safe_exp(x: float) -> float:
 
 
 class HybridTrainer:
+    """Trains any kbk language model (its `forward` returns an `LMOutput`; its `param_groups`, `has_koopman` and
+    `koopman_dynamics` say what it has) on token batches, with the Koopman loss weighted by `schedule`."""
+
     def __init__(
         self,
-        model: KoopmanResNetBKLM,
+        model: torch.nn.Module,
         train_batches: TokenBatches,
         val_batches: TokenBatches,
-        options: TrainerOptions | None = None,
+        options: TrainerConfig | None = None,
         schedule: KoopmanWeightSchedule | None = None,
         tracker: Tracker | None = None,
         checkpoint_path: str | Path | None = None,
         loss_floor: float | None = None,
-        on_eval: Callable[[dict[str, Any]], None] | None = None,
+        callbacks: list[Callback] = (),
     ) -> None:
-        self.options = options or TrainerOptions()
-        self.device = torch.device(self.options.device)
+        self.options = options or TrainerConfig()
+        self.device = resolve_device(self.options.device)
         self.model = model.to(self.device)
         self.train_batches = train_batches
         self.val_batches = val_batches
-        self.schedule = schedule or KoopmanWeightSchedule()
+        self.schedule = schedule or ScheduleConfig().resolve(self.total_steps, self.options.epochs)
         self.tracker = tracker or NullTracker()
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self.loss_floor = loss_floor
-        self.on_eval = on_eval
-        self.optimizer = self._build_optimizer()
+        self.callbacks = list(callbacks)
+        # foreach: one kernel per group, not ~10 small ops per parameter (a Koopman companion adds 9 parameters a
+        # layer); the same arithmetic as the per-parameter loop, bit for bit (tests/test_pinned_results.py).
+        self.optimizer = torch.optim.AdamW(model.param_groups(self.options.weight_decay), lr=self.options.lr,
+                                           foreach=True)
         total = self.total_steps
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, self.options, total))
@@ -155,29 +159,16 @@ class HybridTrainer:
         self.last_eval: tuple[int, dict[str, float]] | None = None  # (step, metrics) of the latest evaluation
 
     # ---------------------------------------------------------------- setup
-    def _build_optimizer(self) -> torch.optim.Optimizer:
-        # The Koopman operator never decays toward 0 (the seed's AdamW pulled K toward 0 while DMD pushed it to I).
-        operators = {id(d.operator) for d in self.model.koopman_dynamics()} if self.has_koopman else set()
-        decay, no_decay = [], []
-        for p in self.model.parameters():
-            (no_decay if id(p) in operators else decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.options.weight_decay}]
-        if no_decay:
-            groups.append({"params": no_decay, "weight_decay": 0.0})
-        # foreach: one kernel per group, not ~10 small ops per parameter (a Koopman companion adds 9 parameters a
-        # layer); the same arithmetic as the per-parameter loop, bit for bit (tests/test_pinned_results.py).
-        return torch.optim.AdamW(groups, lr=self.options.lr, foreach=True)
-
     def _forward(self, inputs: torch.Tensor, modes: str | list[str] = "standard", koopman_terms: bool = False,
                  pairs_only: bool = False):
-        """Logits and Koopman terms; a model without Koopman parts (the Transformer baseline) gives no terms."""
-        if isinstance(self.model, KoopmanResNetBKLM):
-            return self.model(inputs, modes=modes, koopman_terms=koopman_terms, pairs_only=pairs_only)
-        return self.model(inputs), []
+        """Logits and Koopman terms; the Koopman arguments go only to a model that has Koopman parts."""
+        if not self.has_koopman:
+            return self.model(inputs)
+        return self.model(inputs, modes=modes, koopman_terms=koopman_terms, pairs_only=pairs_only)
 
     @property
     def has_koopman(self) -> bool:
-        return isinstance(self.model, KoopmanResNetBKLM) and self.model.has_koopman
+        return self.model.has_koopman
 
     @property
     def total_steps(self) -> int:
@@ -198,7 +189,7 @@ class HybridTrainer:
         progress = self.progress()
         collect = self.koopman_enabled and self.schedule.active(progress)
         # koopman.terms_interval: the Koopman loss on every n-th step; the steps between only feed DMD its pairs.
-        full = collect and self.step % self.model.koopman_options.terms_interval == 0
+        full = collect and self.step % self.model.koopman_config.terms_interval == 0
         weight = self.schedule.weight(progress) if full else 0.0
         micro_batches = [(inputs, targets), *more]
         n = len(micro_batches)
@@ -266,7 +257,7 @@ class HybridTrainer:
         """Feed the DMD buffers every micro-batch's terms (one list per micro-batch, one entry per layer) and let
         DMD write the operators it owns; returns the time it took (ms)."""
         t0 = time.perf_counter()
-        owner = self.model.koopman_options.operator_update
+        owner = self.model.koopman_config.operator_update
         for layer, dyn in enumerate(self.model.koopman_dynamics()):
             for terms in pairs:
                 dyn.dmd.push(terms[layer]["z"], terms[layer]["z_next"])
@@ -314,33 +305,8 @@ class HybridTrainer:
         """Per-layer operator and prediction diagnostics on the first validation tokens (no RNG drawn)."""
         self.model.eval()
         inputs, _ = next(iter(self.val_batches.epoch(0)))
-        inputs = inputs.to(self.device)
-        m = min(self.options.diagnostics_tokens, inputs.numel())
-        sample = torch.arange(m, device=self.device)
-        x = self.model.embed(inputs)
-        out: dict[str, float] = {}
-        for layer, block in enumerate(self.model.blocks):
-            x_next, t = block(x, sample=sample)
-            dyn = block.koopman
-            if not all(torch.isfinite(t[k]).all() for k in ("z", "z_next", "u", "delta")):
-                out[f"koopman/{layer}/non_finite"] = 1.0  # nothing meaningful to measure (Koopman was disabled)
-                x = x_next
-                continue
-            stats = diagnostics.koopman_operator_stats(dyn.operator, dyn.initial_operator, t["z"], t["z_next"])
-            nxt = t["u"] + t["delta"]
-            delta_norm = t["delta"].norm().clamp_min(1e-12)
-            stats["state_rel_err"] = (dyn.unlift(dyn.advance(t["z"])) - nxt).norm().item() / delta_norm.item()
-            stats["state_rel_err_identity"] = (dyn.unlift(t["z"]) - nxt).norm().item() / delta_norm.item()
-            stats["recon_rel_err"] = ((dyn.unlift(t["z_next"]) - nxt).norm() / nxt.norm().clamp_min(1e-12)).item()
-            stats["lift_saturation"] = diagnostics.saturation_fraction(dyn.lift[1](dyn.lift[0](t["u"])))
-            estimate = dyn.dmd.estimate()
-            if estimate is not None:
-                k = dyn.operator.to(estimate.dtype)
-                stats["dmd_disagreement"] = ((k - estimate).norm() / k.norm()).item()
-            stats.update({f"dmd_{k}": float(v) for k, v in dyn.dmd.stats().items()})
-            out.update({f"koopman/{layer}/{name}": float(v) for name, v in stats.items()})
-            x = x_next
-        return out
+        return self.model.koopman_diagnostics(inputs.to(self.device), min(self.options.diagnostics_tokens,
+                                                                           inputs.numel()))
 
     def evaluation_metrics(self) -> dict[str, float]:
         val_loss = self.evaluate("standard")
@@ -467,11 +433,8 @@ class HybridTrainer:
         metrics.update({f"events/{k}": float(v) for k, v in self.events.items()})
         self._log(metrics)
         self.last_eval = (self.step, metrics)
-        if self.on_eval is not None:
-            recent = next((m for _, m in reversed(self.history) if "train/loss_lm" in m), {})
-            self.on_eval({"step": self.step, "epoch": self.epoch, "total_steps": self.total_steps, **recent,
-                          **metrics, "train_seconds": self.train_seconds})
-        self.tracker.report(metrics["val/ppl"], self.step)
+        for callback in self.callbacks:
+            callback.on_evaluation(self, metrics)
         return metrics
 
     def _close_epoch(self, eval_metrics: dict[str, float]) -> None:
