@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kbk.errors import KbkError
+from kbk.tracking.resume import read_run_record
 
 PROG = "kbk.evaluate"
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -58,7 +59,7 @@ def locate(target: str, config: str | None, uri: str | None, scratch: Path) -> t
     if path.is_dir():
         path = path / "last.pt"
     if path.is_file():
-        info = read_run_info(path.parent)
+        info = read_run_record(path.parent)
         return path, config_file(config, info.get("output_dir"), path), info.get("run_id")
     if RUN_ID.fullmatch(target):
         return locate_run(target, config, uri, scratch)
@@ -66,13 +67,6 @@ def locate(target: str, config: str | None, uri: str | None, scratch: Path) -> t
         f"{target}: no such checkpoint file, and not an MLflow run id (32 hex digits). Fix: pass the path of a "
         f"last.pt that kbk wrote (outputs/checkpoints/<config hash>/last.pt) or the id of a run of python -m kbk.run"
     )
-
-
-def read_run_info(folder: Path) -> dict[str, Any]:
-    try:
-        return json.loads((folder / "run.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def config_file(given: str | None, output_dir: str | None, checkpoint: Path) -> Path:
@@ -130,7 +124,7 @@ def locate_run(run_id: str, config: str | None, uri: str | None, scratch: Path) 
     folder = outputs_dir(load_settings(cfg_path).paths.outputs) / "checkpoints" / config_hash
     checkpoint = folder / "last.pt"
     if checkpoint.is_file():
-        last_writer = read_run_info(folder).get("run_id")
+        last_writer = read_run_record(folder).get("run_id")
         if last_writer and last_writer != run_id:
             note(f"{checkpoint} was last written by MLflow run {last_writer}, a later run of the same config")
         return checkpoint, cfg_path, run_id
