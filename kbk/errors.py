@@ -70,3 +70,12 @@ def require_choice(settings: object, field: str, choices) -> None:
         setattr(settings, field, choices(raw))
     elif value not in choices:
         raise SettingError(type(settings), field, value, f"one of {', '.join(choices)}")
+
+
+def settings_or_fields(kind: type, config: object | None, given: dict) -> object:
+    """`config`, or the settings dataclass `kind` built from its fields given as keywords (not both): how every
+    component takes its settings (`StreamingDMD(16, DMDConfig(buffer_size=32))` or
+    `StreamingDMD(16, buffer_size=32)`)."""
+    if config is not None and given:
+        raise TypeError(f"pass either a {kind.__name__} or its fields as keywords, not both")
+    return config if config is not None else kind(**given)

@@ -25,7 +25,7 @@ import torch
 from kbk.data.batching import window_starts
 from kbk.data.corpus import Corpus
 from kbk.data.tokenizers import IdTokenizer
-from kbk.errors import require
+from kbk.errors import require, settings_or_fields
 
 
 class HMM:
@@ -156,9 +156,7 @@ class SyntheticConfig:
 def load_synthetic(config: SyntheticConfig | None = None, **settings: Any) -> Corpus:
     """Train, validation and (on demand) test streams from one seeded HMM; independent of the global RNGs.
     `config`, or `SyntheticConfig`'s fields as keywords."""
-    if config is not None and settings:
-        raise TypeError("pass either a SyntheticConfig or its fields as keywords, not both")
-    c = config if config is not None else SyntheticConfig(**settings)
+    c = settings_or_fields(SyntheticConfig, config, settings)
     vocab_size, n_val_tokens = c.vocab_size, c.n_val_tokens
     # spawn(n)'s i-th child depends on i only, so the fourth (test) seed leaves the first three streams as they were
     model_seed, train_seed, val_seed, test_seed = np.random.SeedSequence(c.seed).spawn(4)

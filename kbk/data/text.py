@@ -12,7 +12,7 @@ from typing import Any
 
 from kbk.data.corpus import Corpus, tokenised_corpus
 from kbk.data.tokenizers import TOKENIZERS
-from kbk.errors import DataError, require, require_choice
+from kbk.errors import DataError, require, require_choice, settings_or_fields
 
 VAL_NAMES = ("valid.txt", "val.txt", "validation.txt")
 TEST_NAME = "test.txt"
@@ -97,9 +97,7 @@ def load_text(config: TextConfig | None = None, **settings: Any) -> Corpus:
     | "bpe" (`bpe_vocab_size`). `prepare_command`: what the missing-path error tells the user to run (e.g.
     `python experiments/data/kjv.py`).
     """
-    if config is not None and settings:
-        raise TypeError("pass either a TextConfig or its fields as keywords, not both")
-    c = config if config is not None else TextConfig(**settings)
+    c = settings_or_fields(TextConfig, config, settings)
     if c.path is None or str(c.path) == "":
         raise DataError(f"data=text needs data.path: {_FIX}")
     path = Path(c.path).expanduser()

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 from kbk.data.corpus import Corpus, tokenised_corpus
 from kbk.data.tokenizers import TOKENIZERS
-from kbk.errors import DataError, require, require_choice
+from kbk.errors import DataError, require, require_choice, settings_or_fields
 
 HUB_NAME, HUB_CONFIG = "wikitext", "wikitext-2-raw-v1"
 TRAINING_SPLITS = ("train", "validation")
@@ -141,9 +141,7 @@ class WikiText2Config:
 def load_wikitext2(config: WikiText2Config | None = None, **settings: Any) -> Corpus:
     """WikiText-2 raw, train/validation splits (and test, see `Corpus.test()`), from `config` or
     `WikiText2Config`'s fields as keywords."""
-    if config is not None and settings:
-        raise TypeError("pass either a WikiText2Config or its fields as keywords, not both")
-    c = config if config is not None else WikiText2Config(**settings)
+    c = settings_or_fields(WikiText2Config, config, settings)
     path, hf_cache_dir = c.path, c.hf_cache_dir
     if path is not None and str(path) != "":
         path = Path(path).expanduser()

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from kbk.errors import settings_or_fields
 from kbk.koopman.config import DMDConfig
 
 
@@ -106,9 +107,7 @@ class StreamingDMD(torch.nn.Module):
     def __init__(self, koopman_dim: int, config: DMDConfig | None = None, **settings: Any) -> None:
         """`config` or, in its place, `DMDConfig`'s fields as keywords (`StreamingDMD(16, buffer_size=32)`)."""
         super().__init__()
-        if config is not None and settings:
-            raise TypeError("pass either a DMDConfig or its fields as keywords, not both")
-        config = config if config is not None else DMDConfig(**settings)
+        config = settings_or_fields(DMDConfig, config, settings)
         if koopman_dim < 1:
             raise ValueError(f"koopman_dim must be positive, got {koopman_dim}")
         self.config = config

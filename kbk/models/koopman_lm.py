@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kbk.errors import settings_or_fields
 from kbk.koopman import diagnostics as operator_diagnostics
 from kbk.koopman.config import DMDConfig, KoopmanConfig, OperatorUpdate
 from kbk.koopman.dmd import StreamingDMD
@@ -178,9 +179,7 @@ class KoopmanResNetBKLM(nn.Module):
         **settings: Any,
     ) -> None:
         super().__init__()
-        if config is not None and settings:
-            raise TypeError("pass either a ResNetBKConfig or its fields as keywords, not both")
-        config = config if config is not None else ResNetBKConfig(**settings)
+        config = settings_or_fields(ResNetBKConfig, config, settings)
         if isinstance(koopman, KoopmanOptions) and dmd is None:
             dmd = koopman.dmd
         koopman = koopman if koopman is not None and koopman.enabled else None

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kbk.errors import settings_or_fields
 from kbk.models.config import TransformerConfig
 from kbk.models.output import LMOutput
 
@@ -133,9 +134,7 @@ class TransformerLM(nn.Module):
     ) -> None:
         """`config` or, in its place, `TransformerConfig`'s fields as keywords (`TransformerLM(256, d_model=32)`)."""
         super().__init__()
-        if config is not None and settings:
-            raise TypeError("pass either a TransformerConfig or its fields as keywords, not both")
-        config = config if config is not None else TransformerConfig(**settings)
+        config = settings_or_fields(TransformerConfig, config, settings)
         if vocab_size <= 0:
             raise ValueError(f"vocab_size must be positive, got {vocab_size}")
         self.config = config
