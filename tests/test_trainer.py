@@ -6,6 +6,7 @@ import torch
 from kbk.data.batching import TokenBatches
 from kbk.models.koopman_lm import KoopmanOptions, KoopmanResNetBKLM
 from kbk.tracking.base import NullTracker
+from kbk.training.callbacks import ProgressPrinter, ReportMetric
 from kbk.training.checkpoint import save_checkpoint
 from kbk.training.schedules import KoopmanWeightSchedule
 from kbk.training.trainer import HybridTrainer, TrainerOptions, TrainingDiverged
@@ -223,3 +224,53 @@ def test_terms_interval_computes_the_koopman_loss_every_nth_step_and_feeds_dmd_e
     assert all(s["train/koopman_weight"] == 0.0 for s in steps[3::2])
     assert all("perf/dmd_ms" in s for s in steps[3:])
     assert all(int(d.dmd.n_seen) == 6 * 20 for d in trainer.model.koopman_dynamics())  # 20 sampled tokens a step
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, dict[str, float]]] = []
+
+    def on_evaluation(self, trainer, metrics):
+        self.calls.append((trainer.step, dict(metrics)))
+
+
+class StopAt(Exception):
+    pass
+
+
+def test_callbacks_see_every_evaluation_in_order_and_one_may_stop_the_run():
+    recorder, reported, shown = Recorder(), [], []
+    trainer = make_trainer(max_steps=8)
+    trainer.callbacks = [ProgressPrinter(shown.append), recorder,
+                         ReportMetric(lambda value, step: reported.append((step, value)), "val/loss")]
+    trainer.fit()
+    assert [step for step, _ in recorder.calls] == [4, 8]  # eval_every=4
+    assert reported == [(step, m["val/loss"]) for step, m in recorder.calls]  # the metric asked for, not val/ppl
+    assert [(s["step"], s["total_steps"], s["val/ppl"]) for s in shown] == [
+        (step, 8, m["val/ppl"]) for step, m in recorder.calls]
+    assert "train/loss_lm" in shown[0] and "train_seconds" in shown[0]
+
+    def prune(value, step):
+        raise StopAt(f"pruned at {step}")
+
+    stopped = make_trainer(max_steps=8)
+    stopped.callbacks = [ReportMetric(prune, "val/ppl")]
+    with pytest.raises(StopAt, match="pruned at 4"):
+        stopped.fit()
+    assert stopped.step == 4
+    ignored = make_trainer(max_steps=4)
+    ignored.callbacks = [ReportMetric(prune, "perf/step_ms")]  # not an evaluation metric: nothing to report
+    ignored.fit()
+
+
+def test_a_model_without_koopman_parts_trains_through_the_same_contract():
+    from kbk.models.config import TransformerConfig
+    from kbk.models.transformer import TransformerLM
+
+    torch.manual_seed(0)
+    model = TransformerLM(VOCAB, TransformerConfig(d_model=16, n_layers=1, n_heads=2, n_seq=16))
+    base = make_trainer(max_steps=4)
+    trainer = HybridTrainer(model, base.train_batches, base.val_batches, base.options)
+    summary = trainer.fit()
+    assert not trainer.has_koopman and math.isfinite(summary["val/ppl"])
+    assert not any(k.startswith("koopman/") for k in summary)

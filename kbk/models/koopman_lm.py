@@ -21,6 +21,7 @@ seed's setting, where the auxiliary loss also pulls the backbone (toward small i
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,6 +251,24 @@ class KoopmanResNetBKLM(nn.Module):
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
         return groups
+
+    @torch.no_grad()
+    def layerwise_logits(self, idx: torch.Tensor) -> Iterator[tuple[tuple[int, str] | None, torch.Tensor]]:
+        """The standard model's logits (key None), then for each layer and mode ("koopman", "skip") the logits
+        with that one layer in that mode and every other standard (key `(layer, mode)`).
+
+        The blocks before the layer under test compute what they compute in the standard model, so one standard
+        pass (its block outputs kept) serves every layer and mode instead of being recomputed."""
+        states = [self.embed(idx)]  # states[l]: the input of block l in the standard model
+        for block in self.blocks:
+            states.append(block(states[-1])[0])
+        yield None, self.head(states[-1])
+        for layer in range(len(self.blocks)):
+            for mode in ("koopman", "skip"):
+                x = self.blocks[layer](states[layer], mode=mode)[0]
+                for later in self.blocks[layer + 1:]:
+                    x = later(x)[0]
+                yield (layer, mode), self.head(x)
 
     @torch.no_grad()
     def koopman_diagnostics(self, idx: torch.Tensor, n_tokens: int) -> dict[str, float]:

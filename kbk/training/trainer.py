@@ -324,28 +324,17 @@ class HybridTrainer:
     def layerwise_metrics(self) -> dict[str, float]:
         """Validation PPL with one layer at a time in Koopman mode, next to skipping that layer, on the first
         `layerwise_tokens` validation tokens (all of them with None); `koopman/layerwise_val_ppl` is the standard
-        model's on the same tokens and `koopman/layerwise_tokens` their number.
-
-        The blocks before the layer under test compute what they compute in the standard model, so one standard
-        pass per batch (its block outputs kept) serves every layer and mode instead of being recomputed.
-        """
+        model's on the same tokens and `koopman/layerwise_tokens` their number (`model.layerwise_logits`)."""
         if not (self.has_koopman and self.options.layerwise_eval):
             return {}
-        model, blocks = self.model, self.model.blocks
-        model.eval()
-        totals = {(layer, mode): 0.0 for layer in range(len(blocks)) for mode in ("koopman", "skip")}
-        standard, count = 0.0, 0
+        self.model.eval()
+        totals: dict[Any, float] = {}
+        count = 0
         for inputs, targets in self._val_batches(self.options.layerwise_tokens):
-            states = [model.embed(inputs)]  # states[l]: the input of block l in the standard model
-            for block in blocks:
-                states.append(block(states[-1])[0])
-            standard += summed_lm_loss(model.head(states[-1]), targets)
-            for layer, mode in totals:
-                x = blocks[layer](states[layer], mode=mode)[0]
-                for later in blocks[layer + 1:]:
-                    x = later(x)[0]
-                totals[layer, mode] += summed_lm_loss(model.head(x), targets)
+            for variant, logits in self.model.layerwise_logits(inputs):
+                totals[variant] = totals.get(variant, 0.0) + summed_lm_loss(logits, targets)
             count += targets.numel()
+        standard = totals.pop(None)
         metrics = {f"koopman/{layer}/val_ppl_{mode}_only": safe_exp(total / count)
                    for (layer, mode), total in totals.items()}
         metrics["koopman/layerwise_val_ppl"] = safe_exp(standard / count)
