@@ -55,6 +55,7 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
     import shutil
 
     from kbk import build, console, identity
+    from kbk.config import settings_of
     from kbk.errors import TrainingError
     from kbk.files import write_atomic
     from kbk.tracking.resume import continue_logging, read_run_record, resume_point
@@ -82,7 +83,7 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
             trainer = HybridTrainer(
                 model, train_batches, val_batches, options, build.schedule(settings, total_steps),
                 checkpoint_path=run_dir / "last.pt", loss_floor=data.loss_floor(settings.model.n_seq),
-                on_eval=console.progress_printer(),
+                callbacks=build.callbacks(settings),
             )
             previous = resume_point(settings.trainer.resume, run_dir)
             if previous is not None:
@@ -125,24 +126,6 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
         return value
 
 
-def settings_of(cfg: DictConfig):
-    """The validated config as typed dataclasses; out-of-range or missing values are a `ConfigError`."""
-    from omegaconf.errors import MissingMandatoryValue
-
-    from kbk.config import check_known_keys, validate
-    from kbk.errors import ConfigError
-
-    check_known_keys(cfg)
-    try:
-        settings = OmegaConf.to_object(cfg)
-    except MissingMandatoryValue as exc:
-        key = exc.full_key
-        hint = " (a .txt file or a folder of them)" if key == "data.path" else ""
-        raise ConfigError(f"{key} is required but not set: pass {key}=<value>{hint}") from None
-    validate(settings)
-    return settings
-
-
 def known_secrets(cfg: DictConfig) -> list[str]:
     """Passwords this job knows (in tracking.uri, in the sweep's storage URL): never written by kbk. Better kept out
     of the config altogether: MLFLOW_TRACKING_USERNAME/PASSWORD for a server, ~/.pgpass for PostgreSQL."""
@@ -160,14 +143,13 @@ def start_tracking(settings, cfg: DictConfig, secrets: list[str], output_dir: Pa
     `left_running`: the last run of this config (from its run.json); if it is still RUNNING, its process died
     (the checkpoint folder's lock was free) and, unless it is the run being resumed, it is ended KILLED."""
     from kbk.sweep import ENV_PARENT_RUN, ENV_SWEEP, ENV_TRIAL
-    from kbk.sweep.trial import report_hook_from_env
     from kbk.tracking.resume import write_run_record
 
     if settings.tracking.backend == "none":
         from kbk.tracking.base import NullTracker
 
         write_run_record(run_dir, None, output_dir)
-        return NullTracker(report_hook=report_hook_from_env())  # a trial that tracks nothing may still be pruned
+        return NullTracker()
     from kbk.identity import IGNORED_KEYS, LABEL_KEYS, experiment_config
     from kbk.paths import outputs_dir
     from kbk.tracking.mlflow_tracker import MlflowTracker, end_orphan_run
@@ -186,8 +168,7 @@ def start_tracking(settings, cfg: DictConfig, secrets: list[str], output_dir: Pa
     tags = job_tags(run_hash=run_hash, output_dir=output_dir, sweep=sweep, trial=trial, labels=settings.tags,
                     notes=settings.notes)
     options = {"parent_run_id": os.environ.get(ENV_PARENT_RUN) or None,
-               "flush_interval_s": None,  # flush after each checkpoint only, so the store matches what a resume replays
-               "report_hook": report_hook_from_env()}  # a trial of kbk's sweeper reports val/ppl to Optuna (pruning)
+               "flush_interval_s": None}  # flush after each checkpoint only, so the store matches what a resume replays
     if resumed_run:
         # Where things are written and stored (paths, tracking, log_checkpoint) may change between a run and its
         # resumption, as they are not part of the config hash: the continued run keeps the values it started with.

@@ -9,9 +9,9 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 from test_run import run_in_process
 
+from kbk.config import settings_of
 from kbk.errors import ConfigError
 from kbk.identity import IGNORED_KEYS, experiment_config
-from kbk.run import settings_of
 from kbk.sweep.optuna_sweeper import study_name_of, sweep_settings
 from kbk.tracking.run_params import config_hash
 from kbk.tracking.run_tags import run_name, user_tags

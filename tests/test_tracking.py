@@ -400,27 +400,18 @@ def test_non_finite_metrics_are_logged_not_dropped(store_uri: str, experiment: s
     assert inf_value == pytest.approx(1.7976931348623157e308)  # MLflow's SQL stores clamp inf
 
 
-def test_report_calls_the_hook(store_uri: str, experiment: str):
+def test_a_pruned_run_ends_killed_and_labelled_pruned(store_uri: str, experiment: str):
     class TrialPruned(Exception):  # what the sweeper's hook raises (optuna.TrialPruned), recognised by name
         pass
 
-    calls = []
-
-    def hook(value: float, step: int) -> None:
-        calls.append((value, step))
-        if step >= 2:
-            raise TrialPruned("at step 2")
-
-    tracker = MlflowTracker.start(store_uri, experiment, "reported", report_hook=hook)
+    tracker = MlflowTracker.start(store_uri, experiment, "reported")
     with pytest.raises(TrialPruned), tracker:
-        for step in range(5):
-            tracker.report(1.0 / (step + 1), step)
-    assert calls == [(1.0, 0), (0.5, 1), (1 / 3, 2)]
+        tracker.log_metrics({"val/ppl": 3.0}, step=2)
+        raise TrialPruned("at step 2")  # what the trainer's pruning callback raises at an evaluation
     run = tracker.client.get_run(tracker.run_id)
     assert run.info.status == "KILLED" and run.data.tags["kbk.end_reason"] == "pruned: at step 2"
     assert run.data.tags["kbk.outcome"] == "pruned" and run.info.run_name == "reported (pruned)"  # not a crash
-    with MlflowTracker.start(store_uri, experiment, "no-hook") as plain:
-        plain.report(1.0, 0)  # default: does nothing
+    assert _history(tracker.client, tracker.run_id, "val/ppl") == [(2, 3.0)]  # flushed before it ended
 
 
 def test_exceptions_end_runs_failed_or_killed(store_uri: str, experiment: str, client):

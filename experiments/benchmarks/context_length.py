@@ -63,7 +63,7 @@ def compose(overrides: list[str]):
 
 def trainer_for(overrides: list[str]) -> HybridTrainer:
     """The trainer `python -m kbk.run OVERRIDES` would train, built quietly, Koopman learning on from step 0."""
-    from kbk.run import settings_of
+    from kbk.config import settings_of
     from kbk.training.checkpoint import seed_everything
 
     settings = settings_of(compose(overrides))

@@ -94,7 +94,7 @@ def compose(overrides: list[str]):
 
 def trainer_for(overrides: list[str], floor: bool = False) -> HybridTrainer:
     """The trainer `python -m kbk.run OVERRIDES` would train, built quietly (no phase lines)."""
-    from kbk.run import settings_of
+    from kbk.config import settings_of
     from kbk.training.checkpoint import seed_everything
 
     settings = settings_of(compose(overrides))

@@ -290,7 +290,7 @@ class KbkOptunaSweeperImpl(Sweeper):
         ends of every interval: a value no trial can run is refused before the first trial, not once per trial."""
         from omegaconf import open_dict
 
-        from kbk.run import settings_of
+        from kbk.config import settings_of
 
         for point in space.corners():
             shown = " ".join(f"{k}={format_value(v)}" for k, v in point.items())

@@ -2,13 +2,12 @@
 
 kbk's sweeper passes the storage, study, trial number and pruner of each trial in the environment
 (`KBK_OPTUNA_STORAGE`, `KBK_OPTUNA_STUDY`, `KBK_TRIAL_NUMBER`, `KBK_OPTUNA_PRUNER`); the job rebuilds its
-`optuna.trial.Trial` from them. Wire it into the tracker:
+`optuna.trial.Trial` from them. `kbk.build.callbacks` hands the hook to the trainer as a `ReportMetric` callback:
 
-    MlflowTracker.start(..., report_hook=report_hook_from_env())
+    HybridTrainer(..., callbacks=[..., ReportMetric(report_hook_from_env(), optimized_metric)])
 
-and the trainer's `tracker.report(val_ppl, step)` at each evaluation records the value and raises
-`optuna.TrialPruned` when the pruner says so (the tracker then ends the MLflow run KILLED with the reason, and the
-sweeper records the trial PRUNED).
+At each evaluation it records the value and raises `optuna.TrialPruned` when the pruner says so (the MLflow run then
+ends KILLED, labelled pruned, with the reason, and the sweeper records the trial PRUNED).
 """
 
 from __future__ import annotations

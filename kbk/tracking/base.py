@@ -9,11 +9,9 @@ from typing import Any, Protocol, runtime_checkable
 
 @runtime_checkable
 class Tracker(Protocol):
-    """What a trainer may ask of an experiment tracker.
-
-    `report` hands an intermediate objective to whoever drives the run (an Optuna pruner, say); it may raise to stop
-    the run (e.g. `optuna.TrialPruned`). `flush` is called right after a checkpoint is written, so a tracker that
-    buffers metrics can make what it has logged agree with what a resumed run will re-log.
+    """What a trainer may ask of an experiment tracker: to record. (What else happens at an evaluation, such as a
+    pruner's report, is a trainer callback's.) `flush` is called right after a checkpoint is written, so a tracker
+    that buffers metrics can make what it has logged agree with what a resumed run will re-log.
     """
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
@@ -24,22 +22,19 @@ class Tracker(Protocol):
 
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
 
-    def report(self, value: float, step: int) -> None: ...
-
     def flush(self) -> None: ...
 
 
 class NullTracker:
-    """Tracks nothing: for tests, notebooks and `tracking=none`. Keeps the logged metrics for inspection, and
-    still hands `report` to `report_hook` (so a sweep can prune trials that track nothing). Has the run lifecycle
-    of `MlflowTracker` too (a context manager, signal handling), doing nothing, so a job treats both alike."""
+    """Tracks nothing: for tests, notebooks and `tracking=none`. Keeps the logged metrics for inspection. Has the
+    run lifecycle of `MlflowTracker` too (a context manager, signal handling), doing nothing, so a job treats both
+    alike."""
 
     run_id = None
     deferred_signal = None
 
-    def __init__(self, report_hook=None) -> None:
+    def __init__(self) -> None:
         self.history: list[tuple[int, dict[str, float]]] = []
-        self.report_hook = report_hook
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         pass
@@ -52,10 +47,6 @@ class NullTracker:
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         pass
-
-    def report(self, value: float, step: int) -> None:
-        if self.report_hook is not None:
-            self.report_hook(value, step)
 
     def flush(self) -> None:
         pass

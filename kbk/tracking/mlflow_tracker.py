@@ -20,7 +20,7 @@ import os
 import signal
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from kbk.errors import TrackingError
@@ -35,8 +35,6 @@ END_REASON_TAG = "kbk.end_reason"
 OUTCOME_TAG = "kbk.outcome"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
-
-ReportHook = Callable[[float, int], None]
 
 # Runs this process opened and has not ended: ended FAILED at interpreter exit (see `_end_open_runs`).
 _open_trackers: weakref.WeakSet[MlflowTracker] = weakref.WeakSet()
@@ -96,11 +94,7 @@ class SignalGuard:
 
 
 class MlflowTracker(MlflowWriter):
-    """One MLflow run behind the `Tracker` protocol, from `start` (or `resume.reopen_run`) to `end`.
-
-    `report_hook(value, step)` is called by `report` (the sweeper plugs Optuna's `report`/`should_prune` in;
-    it may raise `optuna.TrialPruned`); without one, `report` does nothing.
-    """
+    """One MLflow run behind the `Tracker` protocol, from `start` (or `resume.reopen_run`) to `end`."""
 
     def __init__(
         self,
@@ -109,14 +103,12 @@ class MlflowTracker(MlflowWriter):
         *,
         experiment_id: str | None = None,
         run_name: str | None = None,
-        report_hook: ReportHook | None = None,
         **writer_options: Any,
     ) -> None:
         global _atexit_registered
         super().__init__(client, run_id, **writer_options)
         self.experiment_id = experiment_id
         self.run_name = run_name
-        self.report_hook = report_hook
         self._kill_after_call: str | None = None
         self._signal_guard: SignalGuard | None = None
         self._deferring_signals = False
@@ -138,7 +130,6 @@ class MlflowTracker(MlflowWriter):
         tags: Mapping[str, Any] | None = None,
         parent_run_id: str | None = None,
         *,
-        report_hook: ReportHook | None = None,
         flush_interval_s: float | None = 30.0,
         max_buffered: int = 10_000,
     ) -> MlflowTracker:
@@ -164,13 +155,8 @@ class MlflowTracker(MlflowWriter):
             run = client.create_run(exp_id, tags=tag_values, run_name=str(run_name))
         except MlflowException as e:
             raise store_error(uri, "create", e) from e
-        return cls(client, run.info.run_id, uri=uri, report_hook=report_hook, flush_interval_s=flush_interval_s,
-                   max_buffered=max_buffered, experiment_id=exp_id, run_name=run.info.run_name)
-
-    def report(self, value: float, step: int) -> None:
-        """Hand an intermediate objective to `report_hook` (may raise, e.g. `optuna.TrialPruned`)."""
-        if self.report_hook is not None:
-            self.report_hook(value, step)
+        return cls(client, run.info.run_id, uri=uri, flush_interval_s=flush_interval_s, max_buffered=max_buffered,
+                   experiment_id=exp_id, run_name=run.info.run_name)
 
     # -------------------------------------------------------------------------------------------------- end
 
