@@ -81,6 +81,20 @@ def finished_trials(uri: str, sweep: str) -> pd.DataFrame:
     return runs.reset_index(drop=True)
 
 
+def in_order(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Runs sorted by their group params (numerically where they are numbers), then seed: tables list groups in
+    that order."""
+    def natural(value):
+        try:
+            return (0, float(value), "")
+        except (TypeError, ValueError):
+            return (1, 0.0, str(value))
+
+    columns = [f"params.{k}" for k in keys] + ["params.seed"]
+    order = sorted(runs.index, key=lambda i: tuple(natural(runs.at[i, c]) for c in columns))
+    return runs.loc[order].reset_index(drop=True)
+
+
 def group_label(row: pd.Series, keys: list[str]) -> str:
     return ", ".join(f"{k}={row.get(f'params.{k}')}" for k in keys) or "all"
 
@@ -189,8 +203,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = finished_trials(args.uri, args.sweep)
     keys = args.group_by
+    runs = in_order(finished_trials(args.uri, args.sweep), keys)
     gaps = gap_over_steps(args.uri, runs, keys)
     command = args.command or "python experiments/koopman_mode_gap/gap.py " + " ".join(argv or sys.argv[1:])
     lines = [f"# Koopman-mode gap: sweep `{args.sweep}`", "",
