@@ -77,10 +77,6 @@ def match_transformer_width(
 class CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
         super().__init__()
-        if d_model % n_heads != 0:
-            raise ValueError(
-                f"d_model must be a multiple of n_heads, got d_model={d_model}, n_heads={n_heads}"
-            )
         self.n_heads = n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model)  # one matmul for q, k and v of all heads
         self.proj = nn.Linear(d_model, d_model)
@@ -138,17 +134,12 @@ class TransformerLM(nn.Module):
         if vocab_size <= 0:
             raise ValueError(f"vocab_size must be positive, got {vocab_size}")
         self.config = config
-        self.vocab_size = vocab_size
-        d_model, n_layers, n_heads, dropout = config.d_model, config.n_layers, config.n_heads, config.dropout
-        self.d_model = d_model
-        self.n_layers = n_layers
-        self.n_heads = n_heads
-        self.n_seq = n_seq = config.n_seq
-        self.tie_weights = tie_weights
+        self.n_seq = config.n_seq  # what a caller may feed at most (kbk.generate's window)
+        d_model, n_heads, dropout = config.d_model, config.n_heads, config.dropout
         self.tok_emb = nn.Embedding(vocab_size, d_model)
-        self.pos_emb = nn.Embedding(n_seq, d_model)
+        self.pos_emb = nn.Embedding(config.n_seq, d_model)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size)
         if tie_weights:
@@ -166,7 +157,7 @@ class TransformerLM(nn.Module):
                 nn.init.zeros_(module.bias)
         for block in self.blocks:
             for proj in (block.attn.proj, block.mlp.proj):
-                nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * self.n_layers))
+                nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layers))
 
     #: No Koopman companions: the trainer's Koopman terms, modes and diagnostics never apply.
     has_koopman = False
