@@ -83,6 +83,8 @@ def test_the_config_groups_offer_the_choices_of_the_design():
 @pytest.mark.parametrize(("group", "choice"), CHOICES, ids=[f"{g}={c}" for g, c in CHOICES])
 def test_every_config_file_composes_validates_and_builds(group, choice, tmp_path):
     overrides = [f"{group}={choice}", *EXTRA.get((group, choice), [])]
+    if group.startswith("hydra/sweeper/"):  # kbk's sampler and pruner groups are chosen inside its sweeper's config
+        overrides.insert(0, "hydra/sweeper=kbk_optuna")
     needs_hydra = group == "hparams_search" or group.startswith("hydra/")
     if group == "hparams_search" and (reason := sweeper_plugin_missing()):
         pytest.skip(reason)

@@ -172,7 +172,7 @@ def test_a_study_whose_creator_died_before_setting_it_up_is_taken_over_at_once(t
 
     monkeypatch.setattr(optuna_sweeper.time, "sleep", no_waiting)
     plan = SweepPlan(["val/ppl"], parse_space({"x": "choice(1,2)"}), {"_target_": "optuna.samplers.RandomSampler"},
-                     "RandomSampler", False, {"_target_": "optuna.pruners.NopPruner"}, ["minimize"], {"a": "1"}, "nt0",
+                     False, {"_target_": "optuna.pruners.NopPruner"}, ["minimize"], {"a": "1"}, "nt0",
                      str(tmp_path / "s.journal"))
     loaded, created = KbkOptunaSweeperImpl()._open_study(storage, plan, worker)
     assert not created and loaded.study_name == "nt0" and SETTINGS_ATTR not in loaded.user_attrs

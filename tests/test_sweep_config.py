@@ -234,9 +234,11 @@ def test_a_study_made_before_a_key_existed_resumes_while_the_key_keeps_its_defau
     for dim in (8, 16):
         study.add_trial(create_trial(params={"koopman.dim": dim}, distributions=space.distributions, value=1.0))
 
+    env = {k: v for k, v in clean_env().items() if not k.startswith("KBK_OPTUNA_")}  # this study, not another
+
     def sweep(*extra):
         return subprocess.run(kbk_command(["-m", "hparams_search=koopman_dim_grid", *args, *extra]), cwd=PROJECT_ROOT,
-                              env=clean_env(), capture_output=True, text=True, timeout=300)
+                              env=env, capture_output=True, text=True, timeout=300)
 
     resumed = sweep()
     assert resumed.returncode == 0, resumed.stderr[-3000:]
