@@ -75,7 +75,6 @@ def main(argv=None) -> int:
         ax.axhline(runs["metrics.val/ppl_floor"].mean(), color="grey", linestyle="--", label="Bayes floor")
     ax.set_xlabel("training seconds (loaded 2-core CPU; evaluation excluded)")
     ax.set_ylabel("val/ppl (mean over seeds)")
-    ax.set_yscale("log")
     ax.set_title(f"{sweep}: validation perplexity against training time")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
