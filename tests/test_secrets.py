@@ -62,7 +62,8 @@ def test_the_sweeper_keeps_a_storage_password_out_of_what_hydra_records(tmp_path
                        f"paths.outputs={tmp_path}"], hydra=True)
     sweeper = instantiate(cfg.hydra.sweeper)
     sweeper.config = cfg
-    monkeypatch.delenv(ENV_STORAGE, raising=False)
+    monkeypatch.setenv(ENV_STORAGE, "")  # recorded first, so that the value the sweeper sets is undone afterwards
+    monkeypatch.delenv(ENV_STORAGE)
     space = parse_space(sweeper.params, [f"tracking.uri={uri}"])
     secrets = sweeper._hide_secrets(storage, space)
     assert secrets == [PLANTED, PLANTED] and os.environ[ENV_STORAGE] == storage
