@@ -79,3 +79,21 @@ def settings_or_fields(kind: type, config: object | None, given: dict) -> object
     if config is not None and given:
         raise TypeError(f"pass either a {kind.__name__} or its fields as keywords, not both")
     return config if config is not None else kind(**given)
+
+
+def command_line(prog: str):
+    """Decorates a CLI's `main(argv) -> int`: a `KbkError` becomes one line `<prog>: error: <message>` on stderr
+    and exit status 2, never a traceback."""
+    import functools
+    import sys
+
+    def decorate(main):
+        @functools.wraps(main)
+        def guarded(*args, **kwargs) -> int:
+            try:
+                return main(*args, **kwargs)
+            except KbkError as exc:
+                print(f"{prog}: error: {exc}", file=sys.stderr)
+                return 2
+        return guarded
+    return decorate

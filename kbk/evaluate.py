@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kbk.errors import KbkError
+from kbk.errors import KbkError, command_line
 from kbk.tracking.resume import read_run_record
 
 PROG = "kbk.evaluate"
@@ -311,13 +311,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@command_line(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        result = evaluate(load_trained(args.target, args.device, args.config, args.uri), args.split)
-    except KbkError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    result = evaluate(load_trained(args.target, args.device, args.config, args.uri), args.split)
     if args.format == "json":
         print(json.dumps(result, indent=2))
     else:

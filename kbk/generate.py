@@ -17,7 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from kbk.errors import KbkError
+from kbk.errors import KbkError, command_line
 from kbk.evaluate import Trained, load_trained
 
 PROG = "kbk.generate"
@@ -106,16 +106,13 @@ def check_args(args: argparse.Namespace) -> None:
             raise KbkError(f"{name} {value} is out of range. Fix: give {allowed}")
 
 
+@command_line(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        check_args(args)
-        trained = load_trained(args.target, args.device, args.config, args.uri)
-        ids = prompt_ids(trained.corpus.tokenizer, args.prompt)
-        new = generate(trained, ids, args.tokens, args.temperature, args.top_k, args.seed, args.koopman)
-    except KbkError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    check_args(args)
+    trained = load_trained(args.target, args.device, args.config, args.uri)
+    ids = prompt_ids(trained.corpus.tokenizer, args.prompt)
+    new = generate(trained, ids, args.tokens, args.temperature, args.top_k, args.seed, args.koopman)
     shown = ids if args.prompt else []  # an empty prompt's start-of-line token is not text the user gave
     print(trained.corpus.tokenizer.decode(shown + new))
     return 0

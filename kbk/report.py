@@ -23,7 +23,7 @@ import pandas as pd
 
 from kbk.compare import Comparison, compare_runs, labelled, stats, tables
 from kbk.compare.select import Selection, is_factor, select
-from kbk.errors import KbkError
+from kbk.errors import KbkError, command_line
 
 #: Per-layer diagnostics shown in the report (logged as `koopman/<layer>/<name>` at the final evaluation).
 DIAGNOSTICS = ("val_ppl_koopman_only", "val_ppl_skip_only", "one_step_rel_err", "one_step_rel_err_identity",
@@ -190,6 +190,7 @@ def log_on_parent(selection: Selection, out: Path) -> str | None:
     return str(parent["run_id"])
 
 
+@command_line("kbk.report")
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kbk.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -206,25 +207,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--no-log", action="store_true", help="do not log the report on the sweep's parent run")
     args = p.parse_args(argv)
-    try:
-        from kbk.paths import outputs_dir
+    from kbk.paths import outputs_dir
 
-        selection = sweep_selection(args.uri, args.experiment, args.sweep)
-        finished = labelled(selection.runs[selection.runs["status"] == "FINISHED"].reset_index(drop=True), selection,
-                            args.sweep)
-        comparison = compare_runs(finished, args.group_by, args.metric, args.baseline, args.confidence)
-        out = args.out or outputs_dir() / "reports" / args.sweep
-        command = " ".join(["python -m kbk.report", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
-        path = write_report(selection, comparison, out, sweep=args.sweep, question=args.question, command=command,
-                            reproduce=args.reproduce)
-        print(f"wrote {path}")
-        if not args.no_log:
-            run_id = log_on_parent(selection, out)
-            print(f"logged on the sweep's parent run {run_id} (artifacts report/)" if run_id else
-                  "no parent run found: the report is only in the folder")
-    except KbkError as exc:
-        print(f"kbk.report: error: {exc}", file=sys.stderr)
-        return 2
+    selection = sweep_selection(args.uri, args.experiment, args.sweep)
+    finished = labelled(selection.runs[selection.runs["status"] == "FINISHED"].reset_index(drop=True), selection,
+                        args.sweep)
+    comparison = compare_runs(finished, args.group_by, args.metric, args.baseline, args.confidence)
+    out = args.out or outputs_dir() / "reports" / args.sweep
+    command = " ".join(["python -m kbk.report", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    path = write_report(selection, comparison, out, sweep=args.sweep, question=args.question, command=command,
+                        reproduce=args.reproduce)
+    print(f"wrote {path}")
+    if not args.no_log:
+        run_id = log_on_parent(selection, out)
+        print(f"logged on the sweep's parent run {run_id} (artifacts report/)" if run_id else
+              "no parent run found: the report is only in the folder")
     return 0
 
 

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from kbk.errors import command_line
+
 FORMATS = ("table", "markdown", "latex", "csv", "json")
 
 
@@ -91,42 +93,38 @@ def curves(comparison, metrics: Sequence[str], path: Path) -> Path:
     return plot_curves(grouped, comparison.group_by, metrics, path, comparison.title, comparison.confidence)
 
 
+@command_line("kbk.compare")
 def main(argv: Sequence[str] | None = None) -> int:
     from kbk import compare
     from kbk.compare import plots, tables
-    from kbk.errors import KbkError
 
     args = parser().parse_args(argv)
     status = None if args.status.lower() == "all" else [s.strip().upper() for s in args.status.split(",")]
-    try:
-        frame = compare.runs(args.uri, args.experiment, sweep=args.sweep, parent=args.parent, filter=args.filter,
-                             status=status)
-        comparison = compare.compare_runs(frame, args.group_by, args.metric, args.baseline, args.confidence)
-        if args.curves:
-            compare._metrics(frame, args.curves)  # an unknown metric fails before anything is written
-        if args.format == "table" and args.out is None:
-            from rich.console import Console
+    frame = compare.runs(args.uri, args.experiment, sweep=args.sweep, parent=args.parent, filter=args.filter,
+                         status=status)
+    comparison = compare.compare_runs(frame, args.group_by, args.metric, args.baseline, args.confidence)
+    if args.curves:
+        compare._metrics(frame, args.curves)  # an unknown metric fails before anything is written
+    if args.format == "table" and args.out is None:
+        from rich.console import Console
 
-            wide = tables.wide(comparison.summary, comparison.group_by, comparison.differences, args.confidence)
-            Console(width=max(100, min(220, 24 * len(wide.columns)))).print(
-                tables.rich_table(wide, comparison.title, caption(comparison)))
+        wide = tables.wide(comparison.summary, comparison.group_by, comparison.differences, args.confidence)
+        Console(width=max(100, min(220, 24 * len(wide.columns)))).print(
+            tables.rich_table(wide, comparison.title, caption(comparison)))
+    else:
+        text = render(comparison, "markdown" if args.format == "table" else args.format)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text)
+            print(f"wrote {args.out}")
         else:
-            text = render(comparison, "markdown" if args.format == "table" else args.format)
-            if args.out:
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(text)
-                print(f"wrote {args.out}")
-            else:
-                sys.stdout.write(text)
-        if args.plot:
-            plots.plot_metrics(frame, comparison.group_by, comparison.metrics, args.plot, comparison.title,
-                               args.confidence)
-            print(f"wrote {args.plot}")
-        if args.curves:
-            print(f"wrote {curves(comparison, args.curves, curves_path(args))}")
-    except KbkError as exc:
-        print(f"kbk.compare: error: {exc}", file=sys.stderr)
-        return 2
+            sys.stdout.write(text)
+    if args.plot:
+        plots.plot_metrics(frame, comparison.group_by, comparison.metrics, args.plot, comparison.title,
+                           args.confidence)
+        print(f"wrote {args.plot}")
+    if args.curves:
+        print(f"wrote {curves(comparison, args.curves, curves_path(args))}")
     return 0
 
 
