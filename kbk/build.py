@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,6 +58,12 @@ def batches(cfg: KbkConfig, data: Corpus) -> tuple[TokenBatches, TokenBatches]:
             f"data ({data.train.numel()} tokens): lower the batch size or n_seq, or use more data"
         )
     val = TokenBatches(data.val, n_seq, batch_size, shuffle=False)
+    if cfg.trainer.overfit_batches:
+        from kbk.training.repeated_batches import RepeatedBatches
+
+        train = RepeatedBatches(train, cfg.trainer.overfit_batches)
+        console.phase(f"overfitting {len(train)} training batch(es), the same every epoch "
+                      f"(trainer.overfit_batches={cfg.trainer.overfit_batches})")
     return train, val
 
 
@@ -91,15 +98,24 @@ def parameter_counts(net: torch.nn.Module) -> dict[str, Any]:
     return {"model.n_params": total, "model.n_params_koopman": koopman, "model.n_params_lm": total - koopman}
 
 
-def callbacks(cfg: KbkConfig) -> list:
-    """What the trainer does at each evaluation besides logging: print a progress line and, in a trial of kbk's
-    sweeper, report the optimised metric to the trial's pruner (which may stop the run)."""
+def callbacks(cfg: KbkConfig, output_dir: Path | None = None) -> list:
+    """What the trainer does besides logging: print a progress line at each evaluation; in a trial of kbk's
+    sweeper, report the optimised metric to the trial's pruner (which may stop the run); early stopping and the
+    best checkpoint on the optimised metric (the first of several); with `trainer.profile_steps`, profile
+    training into `<output_dir>/profile/` (the run's folder)."""
     from kbk.sweep.trial import report_hook_from_env
-    from kbk.training.callbacks import ProgressPrinter, ReportMetric
+    from kbk.training.callbacks import Profile, ProgressPrinter, ReportMetric, WatchMetric
 
+    metric = cfg.optimized_metric if isinstance(cfg.optimized_metric, str) else cfg.optimized_metric[0]
     found = [ProgressPrinter(console.progress_printer())]
     report = report_hook_from_env()  # None outside a sweep, and for several objectives (Optuna prunes one)
     if report is not None:
-        metric = cfg.optimized_metric
-        found.append(ReportMetric(report, metric if isinstance(metric, str) else metric[0]))
+        found.append(ReportMetric(report, metric))
+    if cfg.trainer.early_stopping_patience is not None or cfg.trainer.save_best:
+        found.append(WatchMetric(metric, cfg.trainer.early_stopping_patience, cfg.trainer.save_best,
+                                 say=console.say))
+    if cfg.trainer.profile_steps:
+        if output_dir is None:
+            raise ConfigError("trainer.profile_steps needs a run folder to write the profile into")
+        found.append(Profile(Path(output_dir) / "profile", cfg.trainer.profile_steps, say=console.say))
     return found

@@ -207,6 +207,13 @@ def validate(cfg: KbkConfig) -> None:
             f"optimized_metric={metric!r} is not allowed: this run does not produce {', '.join(unknown)}; it "
             f"produces {', '.join(produced_metrics(cfg))}"
         )
+    watched = names[0]  # early stopping and the best checkpoint watch the first (what Optuna would prune on)
+    if (cfg.trainer.early_stopping_patience is not None or cfg.trainer.save_best) and not watched.startswith("val/"):
+        raise ConfigError(
+            f"trainer.early_stopping_patience and trainer.save_best watch optimized_metric={watched!r} at each "
+            f"evaluation, which produces val/* metrics only: set optimized_metric=val/loss (or val/ppl), or leave "
+            f"trainer.early_stopping_patience=null and trainer.save_best=false"
+        )
     check_size(cfg)
 
 

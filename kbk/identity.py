@@ -17,8 +17,12 @@ from typing import Any
 LOCATION_KEYS = ("paths", "tracking", "hydra")
 #: The user's labels for the MLflow run (`tags=[...]`, `notes=...`): they label a run without changing it.
 LABEL_KEYS = ("tags", "notes")
-#: How this process continues or records a run, not what it computes.
-VOLATILE_KEYS = ("trainer.resume", "trainer.log_checkpoint")
+#: How this process continues, records or inspects a run, not what it computes.
+VOLATILE_KEYS = ("trainer.resume", "trainer.log_checkpoint", "trainer.save_best", "trainer.profile_steps",
+                 "trainer.detect_anomaly")
+#: Settings kbk gained after run hashes were first stored, with the default that computes what kbk computed
+#: without them: left out at that default, so every earlier run keeps its hash (checkpoint folder, resume).
+ADDED_KEYS = {"trainer.overfit_batches": 0, "trainer.early_stopping_patience": None, "trainer.precision": "fp32"}
 #: Every dotted key (and everything under it) that the same experiment may differ in.
 IGNORED_KEYS = (*LOCATION_KEYS, *LABEL_KEYS, *VOLATILE_KEYS)
 
@@ -34,6 +38,13 @@ def experiment_config(cfg: Mapping[str, Any], *, resolve: bool = True) -> dict[s
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(last, None)
+    for dotted, default in ADDED_KEYS.items():
+        *parents, last = dotted.split(".")
+        node = plain
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last in node and node[last] == default:
+            del node[last]
     return plain
 
 

@@ -83,7 +83,7 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
             trainer = HybridTrainer(
                 model, train_batches, val_batches, options, build.schedule(settings, total_steps),
                 checkpoint_path=run_dir / "last.pt", loss_floor=data.loss_floor(settings.model.n_seq),
-                callbacks=build.callbacks(settings),
+                callbacks=build.callbacks(settings, output_dir),
             )
             previous = resume_point(settings.trainer.resume, run_dir)
             if previous is not None:

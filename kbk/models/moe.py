@@ -49,5 +49,5 @@ class SparseMoE(nn.Module):
             y = expert(tokens[token_idx])
             if self.scale_by_router:
                 y = y * gate[token_idx, slot, None]
-            out.index_add_(0, token_idx, y)
+            out.index_add_(0, token_idx, y.to(out.dtype))  # under bf16 autocast y is bfloat16; a no-op otherwise
         return out.reshape(shape)

@@ -39,10 +39,14 @@ class ResNetBKLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ffn = self.moe(x)
-        diag = -2.0 + self.potential(ffn)  # the Laplacian's diagonal plus the potential
-        if self.causal:
-            g = causal_resolvent_diagonal(diag, z=self.z, grad=self.bk_grad)
-        else:
-            g = resolvent_diagonal(diag, z=self.z, grad=self.bk_grad)
+        # The potential and the BK-Core's recursion stay in float32/complex64 under a bfloat16 autocast
+        # (trainer.precision=bf16): the continued fraction near the real axis needs the digits. Without autocast
+        # both the context and the promotion are no-ops.
+        with torch.autocast(x.device.type, enabled=False):
+            diag = -2.0 + self.potential(ffn.to(torch.promote_types(ffn.dtype, torch.float32)))
+            if self.causal:
+                g = causal_resolvent_diagonal(diag, z=self.z, grad=self.bk_grad)
+            else:
+                g = resolvent_diagonal(diag, z=self.z, grad=self.bk_grad)
         features = torch.stack([g.real, g.imag], dim=-1).to(ffn.dtype)
         return ffn + self.bk_scale * self.output_proj(features)

@@ -21,6 +21,7 @@ changing the evaluation cadence does not change the training trajectory.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
@@ -48,8 +49,10 @@ class TrainingDiverged(RuntimeError):
 
 class Callback(Protocol):
     """What happens at each evaluation besides logging: printing progress, reporting to a pruner (which may raise,
-    e.g. `optuna.TrialPruned`, to stop the run). `metrics` are the evaluation's; `trainer.step`, `.epoch`,
-    `.total_steps`, `.history` and `.train_seconds` say where training stands."""
+    e.g. `optuna.TrialPruned`, to stop the run), early stopping (`trainer.request_stop`). `metrics` are the
+    evaluation's; `trainer.step`, `.epoch`, `.total_steps`, `.history` and `.train_seconds` say where training
+    stands. A callback may also have `on_train_start(trainer)`, `on_step_end(trainer, metrics)` (after each
+    optimiser step) and `on_train_end(trainer)` (however `fit` ends): the trainer calls those it finds."""
 
     def on_evaluation(self, trainer: HybridTrainer, metrics: dict[str, float]) -> None: ...
 
@@ -96,13 +99,16 @@ def micro_batch_groups(batches, size: int):
         yield group
 
 
+# Both losses take the logits in float32 (a no-op for float32 logits): bfloat16 logits would round the
+# log-softmax of a large vocabulary.
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 def summed_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> float:
     """Total (not mean) cross-entropy of a batch, so batches of any size add up to an exact mean."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum").item()
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           reduction="sum").item()
 
 
 def safe_exp(x: float) -> float:
@@ -157,8 +163,15 @@ class HybridTrainer:
         self.train_seconds = 0.0
         self.summary: dict[str, Any] | None = None  # set when training has finished
         self.last_eval: tuple[int, dict[str, float]] | None = None  # (step, metrics) of the latest evaluation
+        self.stop_reason: str | None = None  # set by `request_stop`: training ends after the current step
 
     # ---------------------------------------------------------------- setup
+    def _autocast(self):
+        """bfloat16 autocast with `precision=bf16` (forward and loss); nothing at all with fp32."""
+        if self.options.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _forward(self, inputs: torch.Tensor, modes: str | list[str] = "standard", koopman_terms: bool = False,
                  pairs_only: bool = False):
         """Logits and Koopman terms; the Koopman arguments go only to a model that has Koopman parts."""
@@ -197,7 +210,8 @@ class HybridTrainer:
         pairs: list[list[dict[str, torch.Tensor]]] = []  # each micro-batch's terms, for DMD
         self.optimizer.zero_grad(set_to_none=True)
         for x, y in micro_batches:
-            logits, terms = self._forward(x, koopman_terms=collect, pairs_only=collect and not full)
+            with self._autocast():
+                logits, terms = self._forward(x, koopman_terms=collect, pairs_only=collect and not full)
             loss_lm = lm_loss(logits, y)
             if not torch.isfinite(loss_lm):
                 return self._skip_non_finite(loss_lm.item())
@@ -295,7 +309,8 @@ class HybridTrainer:
         self.model.eval()
         total, count = 0.0, 0
         for inputs, targets in self._val_batches():
-            logits, _ = self._forward(inputs, modes=modes)
+            with self._autocast():
+                logits, _ = self._forward(inputs, modes=modes)
             total += summed_lm_loss(logits, targets)
             count += targets.numel()
         return total / count
@@ -331,8 +346,9 @@ class HybridTrainer:
         totals: dict[Any, float] = {}
         count = 0
         for inputs, targets in self._val_batches(self.options.layerwise_tokens):
-            for variant, logits in self.model.layerwise_logits(inputs):
-                totals[variant] = totals.get(variant, 0.0) + summed_lm_loss(logits, targets)
+            with self._autocast():  # the generator runs its forward passes inside this block
+                for variant, logits in self.model.layerwise_logits(inputs):
+                    totals[variant] = totals.get(variant, 0.0) + summed_lm_loss(logits, targets)
             count += targets.numel()
         standard = totals.pop(None)
         metrics = {f"koopman/{layer}/val_ppl_{mode}_only": safe_exp(total / count)
@@ -346,9 +362,30 @@ class HybridTrainer:
         """Train to the end (or to `max_steps`), evaluating and checkpointing on the way; returns the summary."""
         if self.summary is not None:  # resumed from the checkpoint of a finished run: nothing left to do
             return self.summary
+        # Anomaly detection only when asked: with it off, autograd's global mode stays whatever it was.
+        anomaly = torch.autograd.detect_anomaly(check_nan=True) if self.options.detect_anomaly else (
+            contextlib.nullcontext())
+        self._notify("on_train_start")
+        try:
+            with anomaly:
+                return self._fit()
+        finally:
+            self._notify("on_train_end")
+
+    def request_stop(self, reason: str) -> None:
+        """End training after the current step (then evaluate, summarise and checkpoint as at a normal end)."""
+        self.stop_reason = reason
+
+    def _notify(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            method = getattr(callback, hook, None)
+            if method is not None:
+                method(self, *args)
+
+    def _fit(self) -> dict[str, Any]:
         opts = self.options
         eval_metrics: dict[str, float] = {}
-        while self.epoch < opts.epochs and not self._out_of_steps():
+        while self.epoch < opts.epochs and not self._out_of_steps() and self.stop_reason is None:
             batches = self.train_batches.epoch(self.epoch, start_batch=self.batch_in_epoch)
             for group in micro_batch_groups(batches, opts.grad_accum_steps):
                 on_device = [(x.to(self.device), y.to(self.device)) for x, y in group]
@@ -359,6 +396,7 @@ class HybridTrainer:
                 self.step += 1
                 self.batch_in_epoch += len(group)
                 self._accumulate(metrics)
+                self._notify("on_step_end", metrics)
                 if self.step % opts.log_every == 0:
                     self._log_window()
                 evaluated = False
@@ -369,7 +407,7 @@ class HybridTrainer:
                     opts.checkpoint_every is None and evaluated
                 ):
                     self.save()
-                if self._out_of_steps():
+                if self._out_of_steps() or self.stop_reason is not None:
                     break
             if self.batch_in_epoch >= len(self.train_batches):  # the epoch ran to its end
                 self._log_window()

@@ -12,6 +12,8 @@ from kbk.errors import SettingError, require, require_choice
 
 #: After the linear warm-up: a constant lr, or a half cosine to min_lr at the last optimiser step.
 LR_SCHEDULES = ("constant", "cosine")
+#: fp32: everything in float32; bf16: forward and loss under bfloat16 autocast (the BK-Core stays complex64).
+PRECISIONS = ("fp32", "bf16")
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 
 
@@ -39,6 +41,13 @@ class TrainerConfig:
     warmup_steps: int = 0  # optimiser steps of linear warm-up from 0 to lr
     min_lr: float = 0.0  # where "cosine" ends
     grad_accum_steps: int = 1  # micro-batches of batch_size per optimiser step
+    overfit_batches: int = 0  # n > 0: train on the first n batches of the first epoch only, every epoch (debug)
+    profile_steps: int = 0  # n > 0: torch.profiler over n training steps, written to <run folder>/profile/
+    detect_anomaly: bool = False  # torch.autograd's anomaly detection for the whole run (slow; debug)
+    # Stop after this many evaluations in a row without a better optimized_metric; null: never.
+    early_stopping_patience: int | None = None
+    save_best: bool = False  # write best.pt beside last.pt at each evaluation that improves optimized_metric
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast of forward and loss on CPU and CUDA)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "log_every", "max_nan_steps"):
@@ -57,6 +66,11 @@ class TrainerConfig:
             raise SettingError(type(self), "min_lr", self.min_lr,
                                f"<= lr={self.lr} (where the cosine schedule ends)")
         require(self, "grad_accum_steps", lambda v: v > 0, "an integer > 0 (1: one batch per optimiser step)")
+        for name, meaning in (("overfit_batches", "0 for every batch"), ("profile_steps", "0 for no profiling")):
+            require(self, name, lambda v: v >= 0, f"an integer >= 0 ({meaning})")
+        require(self, "early_stopping_patience", lambda v: v is None or v > 0,
+                "an integer > 0 (evaluations without improvement), or null for no early stopping")
+        require_choice(self, "precision", PRECISIONS)
         require(self, "device", lambda v: re.fullmatch(DEVICE_PATTERN, v) is not None,
                 "one of auto, cpu, cuda, cuda:<index>, mps")
         require(self, "resume", lambda v: isinstance(v, bool) or (isinstance(v, str) and v != ""),
