@@ -33,6 +33,13 @@ def say(message: str) -> None:
     print(f"[kbk] {message}", flush=True)
 
 
+def restart_clock() -> None:
+    """A sweep runs its trials one after another in one process: each trial's start-up counts from its own start,
+    not from the sweep's."""
+    global STARTED
+    STARTED = time.perf_counter()
+
+
 def phase(message: str) -> None:
     """A start-up phase as it finishes, with the seconds since the command started."""
     say(f"start-up {time.perf_counter() - STARTED:5.1f} s: {message}")

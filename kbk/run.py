@@ -63,6 +63,8 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
     from kbk.training.checkpoint import CheckpointFolderLock, remove_partial_checkpoints, seed_everything
     from kbk.training.trainer import HybridTrainer, TrainingDiverged, optimizer_steps
 
+    if sweep:
+        console.restart_clock()
     with contextlib.ExitStack() as cleanup:  # releases the checkpoint folder's lock however the run ends
         try:  # compose and build: all that can be wrong with the input fails here, before a run exists anywhere
             secrets = known_secrets(cfg)

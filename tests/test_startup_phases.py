@@ -22,3 +22,15 @@ def test_a_run_prints_its_start_up_phases_in_order_with_rising_times(tmp_path, k
     lines = result.stdout.splitlines()
     assert max(i for i, line in enumerate(lines) if PHASE.match(line)) < min(
         i for i, line in enumerate(lines) if line.startswith("[kbk] step "))
+
+
+def test_each_trial_of_a_sweep_counts_its_start_up_from_its_own_start(tmp_path, kbk_cli):
+    result = kbk_cli(["-m", *TINY, f"paths.outputs={tmp_path / 'outputs'}", "tracking=none", "seed=0,1"])
+    assert result.returncode == 0, result
+    phases = [(float(s), text) for s, text in (m.groups() for m in map(PHASE.match, result.stdout.splitlines()) if m)]
+    assert [text.split(" ")[0] for _, text in phases] == ["data", "model", "ready"] * 2, result.stdout[-3000:]
+    first_ready, second_data = phases[2][0], phases[3][0]
+    # Counted from the sweep process's start, the second trial's first phase would come after all of the first
+    # trial (its start-up, training and evaluation); counted from its own start it comes before the first trial
+    # was even ready to train (which includes the interpreter's imports).
+    assert second_data < first_ready, phases
