@@ -84,8 +84,10 @@ def unfinished_table(selection: Selection, group_by: Sequence[str]) -> pd.DataFr
 
 def findings(comparison: Comparison) -> list[str]:
     """One line per (group, metric) difference: a finding where the interval excludes zero, else none."""
+    constant = [f"{m} is {tables.number(v, tables.decimals([v]))} in every run: it does not depend on the settings "
+                f"compared." for m, v in comparison.constants.items()]
     if comparison.differences is None:
-        return []
+        return constant
     base = ", ".join(f"{k}={v}" for k, v in comparison.baseline.items())
     places = {m: tables.decimals(list(comparison.summary.loc[comparison.summary["metric"] == m, "mean"]))
               for m in comparison.metrics}
@@ -101,7 +103,7 @@ def findings(comparison: Comparison) -> list[str]:
         else:
             lines.append(f"{group} vs {base}: {rec['metric']} — no measurable difference "
                          f"({tables.signed(rec['diff'], p)} {ci}, {how}).")
-    return lines
+    return lines + constant
 
 
 def settings_block(selection: Selection, group_by: Sequence[str]) -> list[str]:

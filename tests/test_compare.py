@@ -140,3 +140,21 @@ def test_a_difference_near_zero_keeps_two_significant_digits():
     p = difference_places(0.034, 0.93, 1)
     assert p == 3 and interval(0.034, 0.93, p) == "[0.034, 0.930]"  # not "[0.0, 0.9]", which reads as touching 0
     assert difference_places(2.5, 3.6, 1) == 1 and difference_places(float("nan"), 1.0, 1) == 1
+
+
+def test_a_metric_equal_in_every_run_is_stated_once_not_compared(store):
+    from kbk.compare import tables
+    from kbk.report import findings
+
+    uri, _ = store
+    runs = compare.runs(uri, sweep="grid")
+    runs["metrics.val/ppl_floor"] = 89.58  # a property of the data (synthetic's Bayes floor), the same everywhere
+    comparison = compare.compare_runs(runs, metrics=["val/ppl", "val/ppl_floor"], baseline="koopman.dim=256")
+    assert comparison.constants == {"val/ppl_floor": 89.58}
+    assert set(comparison.differences["metric"]) == {"val/ppl"}
+    wide = tables.wide(comparison.summary, comparison.group_by, comparison.differences)
+    assert "Δ val/ppl" in wide.columns and "Δ val/ppl_floor" not in wide.columns
+    assert "val/ppl_floor (mean ± sd)" in wide.columns  # still shown, once per group
+    lines = findings(comparison)
+    assert lines[-1] == "val/ppl_floor is 89.58 in every run: it does not depend on the settings compared."
+    assert not any("val/ppl_floor —" in line or "val/ppl_floor +" in line for line in lines)

@@ -91,6 +91,9 @@ class Comparison:
     differences: pd.DataFrame | None = None
     baseline: dict[str, str] = field(default_factory=dict)
     confidence: float = 0.95
+    # Metrics with one value in every selected run (a synthetic corpus's Bayes floor, say): stated once, never
+    # "compared" (a difference of exactly 0 is not a finding about the settings).
+    constants: dict[str, float] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
@@ -125,4 +128,18 @@ def compare_runs(frame: pd.DataFrame, group_by: Sequence[str] | None = None, met
         diffs = stats.differences(frame, keys, chosen, spec, confidence) if spec else None
     except ValueError as e:
         raise KbkError(f"--baseline: {e}") from None
-    return Comparison(frame, keys, chosen, stats.summary(frame, keys, chosen, confidence), diffs, spec, confidence)
+    constants = constant_metrics(frame, chosen)
+    if diffs is not None:
+        diffs = diffs[~diffs["metric"].isin(list(constants))].reset_index(drop=True)
+    return Comparison(frame, keys, chosen, stats.summary(frame, keys, chosen, confidence), diffs, spec, confidence,
+                      constants)
+
+
+def constant_metrics(frame: pd.DataFrame, metrics: Sequence[str]) -> dict[str, float]:
+    """The metrics that take one and the same value in every run that logged them (at least two runs)."""
+    constants = {}
+    for m in metrics:
+        values = frame[f"metrics.{m}"].dropna()
+        if len(values) > 1 and values.nunique() == 1:
+            constants[m] = float(values.iloc[0])
+    return constants

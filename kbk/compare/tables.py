@@ -68,7 +68,7 @@ def wide(summary: pd.DataFrame, group_by: Sequence[str], differences: pd.DataFra
         row[f"{m} {pct} CI"] = interval(rec["ci_low"], rec["ci_high"], p)
     if differences is not None:
         for row in rows.values():
-            for m in summary["metric"].unique():
+            for m in differences["metric"].unique():
                 row[f"Δ {m}"] = "baseline"
         for rec in differences.to_dict("records"):
             key = tuple(rec[k] for k in group_by)
