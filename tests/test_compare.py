@@ -158,3 +158,12 @@ def test_a_metric_equal_in_every_run_is_stated_once_not_compared(store):
     lines = findings(comparison)
     assert lines[-1] == "val/ppl_floor is 89.58 in every run: it does not depend on the settings compared."
     assert not any("val/ppl_floor —" in line or "val/ppl_floor +" in line for line in lines)
+
+
+def test_an_interval_of_a_positive_quantity_is_not_drawn_below_zero():
+    from kbk.compare.plots import drawn_low
+
+    low = stats.t_interval([300.0, 900.0, 2000.0])[2]  # three noisy step times: the t-interval reaches below 0
+    assert low < 0
+    assert drawn_low([low], [300.0, 900.0, 2000.0])[0] == 0.0
+    assert drawn_low([low], [-1.0, 2.0, 5.0])[0] == low  # a quantity that can be negative keeps its interval

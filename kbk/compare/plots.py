@@ -71,6 +71,15 @@ def plot_metrics(runs: pd.DataFrame, group_by: Sequence[str], metrics: Sequence[
     return path
 
 
+def drawn_low(low, values) -> np.ndarray:
+    """An interval's lower end as drawn: a quantity that is never negative (a perplexity, a step time) is not
+    drawn below zero, where a t-interval of few noisy runs can reach; the tables keep the interval as computed."""
+    low = np.asarray(low, dtype=float)
+    observed = np.asarray(values, dtype=float)
+    observed = observed[~np.isnan(observed)]
+    return np.maximum(low, 0.0) if observed.size and (observed >= 0).all() else low
+
+
 def _numeric_panel(ax, runs, frame, x_key, series_keys, metric) -> dict[str, object]:
     xs_all = [float(v) for v in runs[f"params.{x_key}"].dropna().unique()]
     log = is_geometric(xs_all)
@@ -82,6 +91,7 @@ def _numeric_panel(ax, runs, frame, x_key, series_keys, metric) -> dict[str, obj
         label = ", ".join(map(str, key)) or metric
         color = PALETTE[i % len(PALETTE)]
         rows = rows.assign(x=rows[x_key].astype(float)).sort_values("x")
+        rows = rows.assign(ci_low=drawn_low(rows["ci_low"], metric_values(runs, metric)))
         low = (rows["mean"] - rows["ci_low"]).fillna(0).clip(lower=0)
         high = (rows["ci_high"] - rows["mean"]).fillna(0).clip(lower=0)
         handles[label] = ax.errorbar(rows["x"], rows["mean"], yerr=[low, high], marker="o", capsize=4,
@@ -108,7 +118,7 @@ def _numeric_panel(ax, runs, frame, x_key, series_keys, metric) -> dict[str, obj
 def _categorical_panel(ax, runs, frame, group_by, metric) -> None:
     labels = [", ".join(str(r[k]) for k in group_by) or "all runs" for r in frame.to_dict("records")]
     pos = np.arange(len(labels))
-    low = (frame["mean"] - frame["ci_low"]).fillna(0).clip(lower=0)
+    low = (frame["mean"] - drawn_low(frame["ci_low"], metric_values(runs, metric))).fillna(0).clip(lower=0)
     high = (frame["ci_high"] - frame["mean"]).fillna(0).clip(lower=0)
     ax.errorbar(pos, frame["mean"], yerr=[low, high], fmt="o", capsize=5, color=PALETTE[0])
     rng = np.random.default_rng(0)
@@ -152,7 +162,7 @@ def plot_curves(histories: Mapping[tuple, Mapping[str, list[pd.DataFrame]]], gro
             label = ", ".join(f"{k}={v}" for k, v in zip(group_by, key, strict=True)) or "all runs"
             marker = "o" if len(joined) <= 30 else None
             handles[label] = ax.plot(joined.index, mean, color=color, lw=1.5, marker=marker, ms=4, label=label)[0]
-            low, high = np.array([b[2] for b in bands]), np.array([b[3] for b in bands])
+            low, high = drawn_low([b[2] for b in bands], joined.to_numpy().ravel()), np.array([b[3] for b in bands])
             if not np.isnan(low).all():
                 ax.fill_between(joined.index, low, high, color=color, alpha=0.15, linewidth=0)
         ax.set_xlabel("step")
