@@ -205,6 +205,10 @@ def test_layerwise_metrics_on_a_token_subset_equal_full_passes_over_those_window
                 assert got[f"koopman/{layer}/val_ppl_{mode}_only"] == pytest.approx(expected, rel=1e-6)
         logits, _ = trainer.model(inputs)
         standard = math.exp(torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1)))
+        for mode in ("koopman", "skip"):  # every layer at once
+            logits, _ = trainer.model(inputs, modes=[mode] * n)
+            expected = math.exp(torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1)))
+            assert got[f"koopman/layerwise_val_ppl_{mode}_all"] == pytest.approx(expected, rel=1e-6)
     assert got["koopman/layerwise_val_ppl"] == pytest.approx(standard, rel=1e-6)
     trainer.options.layerwise_tokens = None  # the whole validation set: 8 windows
     assert trainer.layerwise_metrics()["koopman/layerwise_tokens"] == 8 * 16

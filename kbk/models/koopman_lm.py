@@ -255,7 +255,8 @@ class KoopmanResNetBKLM(nn.Module):
     @torch.no_grad()
     def layerwise_logits(self, idx: torch.Tensor) -> Iterator[tuple[tuple[int, str] | None, torch.Tensor]]:
         """The standard model's logits (key None), then for each layer and mode ("koopman", "skip") the logits
-        with that one layer in that mode and every other standard (key `(layer, mode)`).
+        with that one layer in that mode and every other standard (key `(layer, mode)`), then every layer in that
+        mode at once (key `("all", mode)`: the whole-stack Koopman mode, and the embedding read out directly).
 
         The blocks before the layer under test compute what they compute in the standard model, so one standard
         pass (its block outputs kept) serves every layer and mode instead of being recomputed."""
@@ -269,6 +270,11 @@ class KoopmanResNetBKLM(nn.Module):
                 for later in self.blocks[layer + 1:]:
                     x = later(x)[0]
                 yield (layer, mode), self.head(x)
+        for mode in ("koopman", "skip"):
+            x = states[0]
+            for block in self.blocks:
+                x = block(x, mode=mode)[0]
+            yield ("all", mode), self.head(x)
 
     @torch.no_grad()
     def koopman_diagnostics(self, idx: torch.Tensor, n_tokens: int) -> dict[str, float]:

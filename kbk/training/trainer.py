@@ -338,8 +338,9 @@ class HybridTrainer:
     @torch.inference_mode()
     def layerwise_metrics(self) -> dict[str, float]:
         """Validation PPL with one layer at a time in Koopman mode, next to skipping that layer, on the first
-        `layerwise_tokens` validation tokens (all of them with None); `koopman/layerwise_val_ppl` is the standard
-        model's on the same tokens and `koopman/layerwise_tokens` their number (`model.layerwise_logits`)."""
+        `layerwise_tokens` validation tokens (all of them with None); on the same tokens `koopman/layerwise_val_ppl`
+        is the standard model's, `koopman/layerwise_val_ppl_koopman_all` / `..._skip_all` every layer in Koopman
+        mode / skipped, and `koopman/layerwise_tokens` their number (`model.layerwise_logits`)."""
         if not (self.has_koopman and self.options.layerwise_eval):
             return {}
         self.model.eval()
@@ -351,7 +352,8 @@ class HybridTrainer:
                     totals[variant] = totals.get(variant, 0.0) + summed_lm_loss(logits, targets)
             count += targets.numel()
         standard = totals.pop(None)
-        metrics = {f"koopman/{layer}/val_ppl_{mode}_only": safe_exp(total / count)
+        metrics = {f"koopman/layerwise_val_ppl_{mode}_all" if layer == "all" else
+                   f"koopman/{layer}/val_ppl_{mode}_only": safe_exp(total / count)
                    for (layer, mode), total in totals.items()}
         metrics["koopman/layerwise_val_ppl"] = safe_exp(standard / count)
         metrics["koopman/layerwise_tokens"] = float(count)
