@@ -26,14 +26,18 @@ declare -A variants=([synthetic]="bk,bk_koopman_off,bk_noncausal,gpt_d148,gpt_d7
 for data in ${datasets[@]}; do
     study=baselines_$data
     metrics="val/ppl perf/step_ms"
-    [ "$data" = synthetic ] && metrics="val/ppl val/ppl_floor perf/step_ms"
+    noncausal=""
+    if [ "$data" = synthetic ]; then
+        metrics="val/ppl val/ppl_floor perf/step_ms"
+        noncausal=" with the seed's non-causal BK-Core,"
+    fi
     python -m kbk.run -m hparams_search=baselines_grid "hydra.searchpath=[file://experiments/baselines/conf]" \
         hydra.sweeper.study_name=$study experiment=${variants[$data]} seed=0,1,2 \
         data=$data model=tiny model.n_seq=128 trainer.epochs=100 trainer.max_steps=400 trainer.eval_every=100
     group_by="model.arch model.d_model koopman.enabled model.causal"
     baseline=model.arch=resnet_bk,model.d_model=64,koopman.enabled=true,model.causal=true
     python -m kbk.report --sweep $study --group-by $group_by --baseline $baseline --metric $metrics \
-        --question "At n_seq 128 and 400 steps on data=$data, how do the tiny ResNet-BK with Koopman on (kbk's default), without Koopman, with the seed's non-causal BK-Core, and a 2-layer GPT matched in parameters to the ResNet-BK with Koopman on or off compare in validation perplexity and step time?" \
+        --question "At n_seq 128 and 400 steps on data=$data, how do the tiny ResNet-BK with Koopman on (kbk's default), without Koopman,${noncausal} and a 2-layer GPT matched in parameters to the ResNet-BK with Koopman on or off compare in validation perplexity and step time?" \
         --reproduce "bash experiments/baselines/run.sh $data" --out experiments/baselines/$data
     python -m kbk.compare --sweep $study --group-by $group_by --metric $metrics --baseline $baseline
 done
