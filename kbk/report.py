@@ -42,6 +42,17 @@ def sweep_selection(uri: str | None, experiment: str, sweep: str) -> Selection:
     return selection
 
 
+def planned_note(parent: pd.Series | None, counts: dict[str, int]) -> str:
+    """'**Partial: 9 of 24 trials ended.** ' when the sweep's budget (its parent's `kbk.n_trials`) is not spent:
+    a report of a sweep still running (or stopped) must say that groups may be missing."""
+    planned = pd.to_numeric(parent.get("tags.kbk.n_trials"), errors="coerce") if parent is not None else None
+    ended = sum(counts.get(s, 0) for s in ("FINISHED", "KILLED", "FAILED"))
+    if planned is None or pd.isna(planned) or ended >= planned:
+        return ""
+    return (f"**Partial: {ended} of {int(planned)} trials ended** ({int(planned) - ended} still to run: rerun the "
+            f"sweep's command to finish it). ")
+
+
 def _parent(selection: Selection) -> pd.Series | None:
     if selection.parents.empty:
         return None
@@ -142,7 +153,8 @@ def write_report(selection: Selection, comparison: Comparison, out: Path, *, swe
     swept = ", ".join(f"`{k}`" for k in comparison.group_by) or "nothing"
     lines += [question or f"How do {', '.join(f'`{m}`' for m in comparison.metrics)} change with {swept}?", ""]
     lines += ["| | |", "|---|---|",
-              f"| Trials | {counts.get('FINISHED', 0)} finished, {counts.get('KILLED', 0)} pruned or killed, "
+              f"| Trials | {planned_note(parent, counts)}{counts.get('FINISHED', 0)} finished, "
+              f"{counts.get('KILLED', 0)} pruned or killed, "
               f"{counts.get('FAILED', 0)} failed; n = {'–'.join(map(str, (ns[0], ns[-1]))) if len(ns) > 1 else ns[0]}"
               f" per group (seeds) |",
               f"| Reproduce the sweep | `{reproduce}` |",

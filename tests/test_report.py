@@ -49,3 +49,16 @@ def test_bad_input_is_one_line(store, tmp_path, capsys, args, message):
     assert main(["--uri", uri, "--out", str(out), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_a_report_of_an_unfinished_sweep_says_it_is_partial():
+    import pandas as pd
+
+    from kbk.report import planned_note
+
+    parent = pd.Series({"tags.kbk.n_trials": "24"})
+    note = planned_note(parent, {"FINISHED": 9, "RUNNING": 1})
+    assert note.startswith("**Partial: 9 of 24 trials ended** (15 still to run")
+    assert planned_note(parent, {"FINISHED": 22, "KILLED": 1, "FAILED": 1}) == ""  # the budget is spent
+    assert planned_note(pd.Series({}, dtype=object), {"FINISHED": 3}) == ""  # a plain multirun: no budget known
+    assert planned_note(None, {"FINISHED": 3}) == ""
