@@ -54,15 +54,15 @@ def compose_kbk(overrides: Sequence[str] = (), hydra: bool = False):
 @contextlib.contextmanager
 def one_torch_thread():
     """Run in-process training on one thread: a tiny model gains nothing from more, and on shared, busy cores each
-    parallel region waits for every thread to be scheduled (a 0.1 s run can take 30 s)."""
+    parallel region waits for every thread to be scheduled (a 0.1 s run can take 30 s).
+
+    The count is NOT raised again afterwards: with torch 2.13's CPU build (MKL), raising it in a process after
+    lowering it breaks every later LAPACK call (`linalg.inv`/`solve` hang or print "Intel oneMKL ERROR: Parameter
+    6 was incorrect on entry to SLASWP"), so the rest of the test process stays on one thread."""
     import torch
 
-    before = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    yield
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -6,16 +6,15 @@ import torch.nn.functional as F
 
 from kbk.models.config import TransformerConfig
 from kbk.models.transformer import TransformerLM, match_transformer_width, transformer_param_count
+from tests.conftest import one_torch_thread
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
     # These tensors are tiny: extra intra-op threads only add synchronisation, and on a shared 2-core machine
     # their spin-waiting made the overfit test take 12 s instead of 0.3 s.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 @pytest.mark.parametrize(
