@@ -38,9 +38,8 @@ from pathlib import Path
 
 import torch
 
-from kbk import build
+from kbk import interactive
 from kbk.models.transformer import match_transformer_width
-from kbk.paths import CONF_DIR
 from kbk.training.schedules import KoopmanWeightSchedule
 from kbk.training.trainer import HybridTrainer
 
@@ -51,28 +50,9 @@ GPT_LAYERS, GPT_HEADS = 2, 4
 SYNTHETIC = ["data=synthetic", "data.n_train_tokens=100000", "data.n_val_tokens=20000"]
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    import kbk.run  # noqa: F401  (registers the schema and resolvers, as the entrypoint does)
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=[*overrides, "tracking=none"])
-
-
 def trainer_for(overrides: list[str]) -> HybridTrainer:
-    """The trainer `python -m kbk.run OVERRIDES` would train, built quietly, Koopman learning on from step 0."""
-    from kbk.config import settings_of
-    from kbk.training.checkpoint import seed_everything
-
-    settings = settings_of(compose(overrides))
-    seed_everything(settings.seed)
-    with contextlib.redirect_stdout(io.StringIO()):
-        data = build.corpus(settings)
-        train, val = build.batches(settings, data)
-        model = build.model(settings, data.vocab_size)
-    trainer = HybridTrainer(model, train, val, build.trainer_options(settings), build.schedule(settings, 10**6))
+    """The trainer `python -m kbk.run OVERRIDES` would train (kbk.interactive), Koopman learning on from step 0."""
+    trainer = interactive.trainer_for(overrides)
     # The Koopman terms at full weight from the first step, as in the learning phase of a run.
     trainer.schedule = KoopmanWeightSchedule("constant", 0.0, 0.1, warmup=0, total=10**9, unit="step")
     return trainer

@@ -29,9 +29,7 @@ side by side in one run; minima are the least disturbed estimates.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
-import io
 import json
 import os
 import platform
@@ -45,10 +43,9 @@ from pathlib import Path
 
 import torch
 
-from kbk import build
-from kbk.paths import CONF_DIR, PROJECT_ROOT
+from kbk.interactive import trainer_for
+from kbk.paths import PROJECT_ROOT
 from kbk.training.schedules import KoopmanWeightSchedule
-from kbk.training.trainer import HybridTrainer
 
 SIZES = {
     "tiny": ["model=tiny"],
@@ -80,33 +77,6 @@ sys.argv = ["kbk.run", *sys.argv[1:]]
 from kbk.run import main
 main()
 """
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    import kbk.run  # noqa: F401  (registers the schema and resolvers, as the entrypoint does)
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=[*overrides, "tracking=none"])
-
-
-def trainer_for(overrides: list[str], floor: bool = False) -> HybridTrainer:
-    """The trainer `python -m kbk.run OVERRIDES` would train, built quietly (no phase lines)."""
-    from kbk.config import settings_of
-    from kbk.training.checkpoint import seed_everything
-
-    settings = settings_of(compose(overrides))
-    seed_everything(settings.seed)
-    with contextlib.redirect_stdout(io.StringIO()):
-        data = build.corpus(settings)
-        train, val = build.batches(settings, data)
-        model = build.model(settings, data.vocab_size)
-    options = build.trainer_options(settings)
-    total = min(len(train) * options.epochs, options.max_steps or 1 << 62)
-    return HybridTrainer(model, train, val, options, build.schedule(settings, total),
-                         loss_floor=data.loss_floor(settings.model.n_seq) if floor else None)
 
 
 def step_of(overrides: list[str], learning: bool):
