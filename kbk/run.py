@@ -78,6 +78,10 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
             model = build.model(settings, data.vocab_size)
             options = build.trainer_options(settings)
             total_steps = optimizer_steps(len(train_batches), options)  # what the Koopman schedule spans
+            if options.max_steps is not None and total_steps < options.max_steps:
+                console.say(f"note: trainer.max_steps={options.max_steps} but trainer.epochs={options.epochs} "
+                            f"hold {total_steps} optimiser steps: training stops at step {total_steps} (raise "
+                            f"trainer.epochs to reach max_steps)")
             run_dir = build.outputs_dir(settings.paths.outputs) / "checkpoints" / run_hash
             cleanup.enter_context(CheckpointFolderLock(run_dir))  # one process per config at a time
             remove_partial_checkpoints(run_dir)  # left by a process killed while writing one

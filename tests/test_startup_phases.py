@@ -34,3 +34,14 @@ def test_each_trial_of_a_sweep_counts_its_start_up_from_its_own_start(tmp_path, 
     # trial (its start-up, training and evaluation); counted from its own start it comes before the first trial
     # was even ready to train (which includes the interpreter's imports).
     assert second_data < first_ready, phases
+
+
+def test_a_max_steps_that_the_epochs_cannot_reach_is_said(tmp_path, kbk_cli):
+    overrides = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.epochs"))]
+    result = kbk_cli([*overrides, f"paths.outputs={tmp_path / 'outputs'}", "tracking=none", "trainer.epochs=1",
+                      "trainer.max_steps=100000"])
+    assert result.returncode == 0, result
+    note = [line for line in result.stdout.splitlines() if "note: trainer.max_steps=100000" in line]
+    assert len(note) == 1 and "training stops at step" in note[0] and "raise trainer.epochs" in note[0], note
+    steps = int(note[0].split("training stops at step ")[1].split(" ")[0])
+    assert f"steps={steps}," in result.stdout  # and it did stop there (the summary line)
