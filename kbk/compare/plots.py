@@ -170,8 +170,11 @@ def plot_curves(histories: Mapping[tuple, Mapping[str, list[pd.DataFrame]]], gro
         ax.set_ylabel(metric)
         ax.grid(True, alpha=0.3)
     if handles:
+        # As many columns as the longest label lets fit across the figure (~12 small characters per inch):
+        # long group labels (several swept keys) otherwise run off both edges.
+        fits = int(fig.get_figwidth() * 12 // (max(map(len, handles)) + 6))
         fig.legend(list(handles.values()), list(handles), loc="outside lower center", fontsize="small",
-                   ncols=min(4, len(handles)), frameon=False)
+                   ncols=max(1, min(4, len(handles), fits)), frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
     return path
