@@ -11,6 +11,8 @@
 # kept) and rewrites the reports.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# One torch thread per trial (two sweeps side by side on 2 cores; see experiments/baselines/run.sh for why).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 size=(model=tiny data=synthetic trainer.max_steps=400 trainer.eval_every=100 seed=0,1,2)
 metrics=(val/ppl val/ppl_koopman koopman/0/one_step_rel_err koopman/1/one_step_rel_err
          koopman/0/drift_rel koopman/1/drift_rel)

@@ -9,6 +9,8 @@
 # Re-running resumes each sweep (finished trials are kept) and rewrites the reports.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# One torch thread per trial (two sweeps side by side on 2 cores; see experiments/baselines/run.sh for why).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 datasets=("${@:-synthetic kjv}")
 for data in ${datasets[@]}; do
     study=koopman_dim_$data

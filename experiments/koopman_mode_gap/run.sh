@@ -12,6 +12,8 @@
 # Re-running resumes the sweeps (finished trials are kept) and rewrites the reports.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# One torch thread per trial (two sweeps side by side on 2 cores; see experiments/baselines/run.sh for why).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 here=experiments/koopman_mode_gap
 datasets=("${@:-synthetic kjv}")
 for data in ${datasets[@]}; do
