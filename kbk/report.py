@@ -134,7 +134,7 @@ def settings_block(selection: Selection, group_by: Sequence[str]) -> list[str]:
 def write_report(selection: Selection, comparison: Comparison, out: Path, *, sweep: str, question: str | None,
                  command: str, reproduce: str | None = None) -> Path:
     from kbk.compare.__main__ import curves
-    from kbk.compare.plots import plot_metrics
+    from kbk.compare.plots import plot_differences, plot_metrics
 
     out.mkdir(parents=True, exist_ok=True)
     parent = _parent(selection)
@@ -146,6 +146,11 @@ def write_report(selection: Selection, comparison: Comparison, out: Path, *, swe
     plot_metrics(finished, comparison.group_by, comparison.metrics, out / "metrics.png", f"sweep {sweep}",
                  comparison.confidence)
     curves(comparison, comparison.metrics, out / "curves.png")
+    has_differences = comparison.differences is not None and not comparison.differences.empty
+    if has_differences:
+        plot_differences(comparison.differences, comparison.group_by, comparison.metrics, out / "differences.png",
+                         f"sweep {sweep}", ", ".join(f"{k}={v}" for k, v in comparison.baseline.items()),
+                         comparison.confidence)
     if reproduce is None:
         reproduce = _cell(parent.get("tags.kbk.command")) if parent is not None else "—"
     ns = sorted({int(n) for n in comparison.summary["n"]})
@@ -173,6 +178,8 @@ def write_report(selection: Selection, comparison: Comparison, out: Path, *, swe
         lines += [f"Δ = group − baseline ({base}), paired by seed where both hold the same seeds (Welch's interval "
                   f"otherwise); `*` marks an interval that excludes zero — only those differences are findings.", ""]
         lines += [f"- {line}" for line in findings(comparison)] + [""]
+        if has_differences:
+            lines += ["![paired differences against the baseline](differences.png)", ""]
     lines += ["![metrics against the swept param](metrics.png)", "", "Learning curves (mean over seeds, "
               f"{comparison.confidence:.0%} band):", "", "![learning curves](curves.png)", ""]
     diag = diagnostics_table(comparison)

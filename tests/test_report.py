@@ -30,10 +30,11 @@ def test_report_reads_well_and_is_logged_on_the_parent(store, tmp_path, capsys):
     assert "| trial-7 | FAILED | 1024 | 0 | ConfigError: out of memory |" in text
     assert "| trial-8 | KILLED | 512 | 3 | pruned |" in text
     assert "model.d_model: 64" in text and "paths.outputs" not in text and "tracking.uri" not in text
-    for name in ("metrics.png", "curves.png"):
+    for name in ("metrics.png", "curves.png", "differences.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![paired differences against the baseline](differences.png)" in text
     logged = {a.path for a in MlflowClient(uri).list_artifacts(pid, "report")}
-    assert logged == {"report/README.md", "report/metrics.png", "report/curves.png"}
+    assert logged == {"report/README.md", "report/metrics.png", "report/curves.png", "report/differences.png"}
     assert MlflowClient(uri).get_run(pid).info.status == "FINISHED"  # logging did not reopen the parent
     assert f"logged on the sweep's parent run {pid}" in capsys.readouterr().out
 
@@ -62,3 +63,29 @@ def test_a_report_of_an_unfinished_sweep_says_it_is_partial():
     assert planned_note(parent, {"FINISHED": 22, "KILLED": 1, "FAILED": 1}) == ""  # the budget is spent
     assert planned_note(pd.Series({}, dtype=object), {"FINISHED": 3}) == ""  # a plain multirun: no budget known
     assert planned_note(None, {"FINISHED": 3}) == ""
+
+
+def _red_pixels(path) -> int:
+    """Pixels of the palette's red (#d62728), the colour of a finding in the differences plot."""
+    import numpy as np
+    from matplotlib.image import imread
+
+    rgb = (imread(path)[..., :3] * 255).round().astype(int)
+    return int((np.abs(rgb - np.array([214, 39, 40])).sum(axis=-1) < 30).sum())
+
+
+def test_differences_plot_marks_findings_only(tmp_path):
+    import pandas as pd
+
+    from kbk.compare.plots import plot_differences
+
+    def frame(low: float, high: float) -> pd.DataFrame:
+        return pd.DataFrame([
+            {"koopman.dim": 16, "metric": "val/ppl", "n": 3, "paired": True, "diff": (low + high) / 2,
+             "ci_low": low, "ci_high": high, "rel_diff": 0.0, "excludes_zero": low > 0 or high < 0},
+            {"koopman.dim": 64, "metric": "val/ppl", "n": 3, "paired": True, "diff": 0.1, "ci_low": -1.0,
+             "ci_high": 1.2, "rel_diff": 0.0, "excludes_zero": False}])
+
+    finding = plot_differences(frame(2.0, 4.0), ["koopman.dim"], ["val/ppl"], tmp_path / "f.png", "s", "dim=256")
+    none = plot_differences(frame(-2.0, 4.0), ["koopman.dim"], ["val/ppl"], tmp_path / "n.png", "s", "dim=256")
+    assert _red_pixels(finding) > 50 and _red_pixels(none) == 0

@@ -178,3 +178,55 @@ def plot_curves(histories: Mapping[tuple, Mapping[str, list[pd.DataFrame]]], gro
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
     return path
+
+
+def _wrapped(lines: Sequence[str], inches: float) -> str:
+    """Title lines wrapped to the figure's width (~13 medium-size characters per inch), so none is cut off."""
+    import textwrap
+
+    return "\n".join(part for line in lines for part in textwrap.wrap(line, max(20, int(inches * 13)))
+                      or [""])
+
+
+def plot_differences(differences: pd.DataFrame, group_by: Sequence[str], metrics: Sequence[str], path: Path,
+                     title: str, baseline: str, confidence: float = 0.95) -> Path:
+    """The differences to the baseline as the findings read them: per metric, each group's Δ (group − baseline)
+    with its interval (paired by seed where the seeds match), against a line at zero. A filled marker is a finding
+    (the interval excludes zero); a hollow one is no measurable difference. This is the plot to look at: the
+    per-group intervals of `plot_metrics` are unpaired, so they can overlap where the paired Δ is clear."""
+    from matplotlib.figure import Figure
+
+    metrics = [m for m in metrics if (differences["metric"] == m).any()]
+    keys = list(dict.fromkeys(tuple(rec[k] for k in group_by) for rec in differences.to_dict("records")))
+    labels = [", ".join(map(str, key)) for key in keys]  # the keys are named once, on the axis
+    label_inches = 0.5 + 0.085 * max(map(len, labels), default=4)  # ~12 small characters per inch
+    fig = Figure(figsize=(label_inches + 3.4 * max(1, len(metrics)), 2.3 + 0.42 * len(keys)), layout="constrained")
+    axes = fig.subplots(1, max(1, len(metrics)), squeeze=False, sharey=True)[0]
+    heading = [f"{title}: Δ = group − baseline, {confidence:.0%} CI, paired by seed",
+               f"baseline: {baseline}", f"rows: {', '.join(group_by)}",
+               "filled = the interval excludes zero (a finding); hollow = no measurable difference"]
+    fig.suptitle(_wrapped(heading, fig.get_figwidth()), fontsize="medium")
+    pos = np.arange(len(keys))[::-1]  # the first group on top
+    for ax, metric in zip(axes, metrics, strict=False):
+        rows = differences[differences["metric"] == metric]
+        for y, key in zip(pos, keys, strict=True):
+            match = rows
+            for k, v in zip(group_by, key, strict=True):
+                match = match[match[k].astype(str) == str(v)]
+            if match.empty:
+                continue
+            rec = match.iloc[0]
+            finding = bool(rec["excludes_zero"])
+            color = PALETTE[1] if finding else PALETTE[0]
+            err = [[max(0.0, rec["diff"] - rec["ci_low"])], [max(0.0, rec["ci_high"] - rec["diff"])]] \
+                if not (math.isnan(rec["ci_low"]) or math.isnan(rec["ci_high"])) else None
+            ax.errorbar([rec["diff"]], [y], xerr=err, fmt="o", capsize=4, color=color, ms=7,
+                        mfc=color if finding else "white", mew=1.5)
+        ax.axvline(0.0, color="0.3", lw=1, ls="--")
+        ax.set_xlabel(f"Δ {metric}")
+        ax.grid(True, axis="x", alpha=0.3)
+    axes[0].set_yticks(pos, labels)
+    axes[0].set_ylim(-0.6, len(keys) - 0.4)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight", pad_inches=0.15)  # long row labels keep their first letter
+    return path
