@@ -167,3 +167,25 @@ def test_an_interval_of_a_positive_quantity_is_not_drawn_below_zero():
     assert low < 0
     assert drawn_low([low], [300.0, 900.0, 2000.0])[0] == 0.0
     assert drawn_low([low], [-1.0, 2.0, 5.0])[0] == low  # a quantity that can be negative keeps its interval
+
+
+def test_distance_to_the_floor_is_derived_per_run_and_per_step(tmp_path):
+    from mlflow import MlflowClient
+
+    from kbk.compare.select import metric_histories
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("kbk", artifact_location=str(tmp_path / "artifacts"))
+    run = client.create_run(exp, tags={"kbk.role": "run"})
+    rid = run.info.run_id
+    for step, loss in ((100, 5.0), (200, 4.75)):
+        client.log_metric(rid, "val/loss", loss, step=step)
+        client.log_metric(rid, "val/loss_floor", 4.5, step=step)
+    client.log_param(rid, "seed", "0")
+    client.set_terminated(rid, "FINISHED")
+    frame = compare.runs(uri)
+    assert frame["metrics.val/loss_above_floor"].tolist() == [0.25]  # the final values: 4.75 − 4.5
+    assert "metrics.val/loss_koopman_above_floor" not in frame  # its part val/loss_koopman was never logged
+    history = metric_histories(uri, [rid], ["val/loss_above_floor"])[rid]["val/loss_above_floor"]
+    assert history["step"].tolist() == [100, 200] and history["value"].tolist() == [0.5, 0.25]

@@ -21,6 +21,13 @@ PARENT_TAG = "tags.mlflow.parentRunId"
 SPACE_PREFIX = "sweep.params."
 #: Params that never define a group: where things went, how to resume, what follows from other settings, and
 #: the replicate's seed (fnmatch patterns against the dotted key).
+#: Metrics a comparison derives from two logged ones (a − b, per run and per step): the distance to the best
+#: possible. On data with an exact Bayes floor (data=synthetic logs val/loss_floor), nats per token above it.
+DERIVED = {
+    "val/loss_above_floor": ("val/loss", "val/loss_floor"),
+    "val/loss_koopman_above_floor": ("val/loss_koopman", "val/loss_floor"),
+}
+
 NOT_A_FACTOR = ("seed", "data.seed", "paths.*", "tracking.*", "hydra.*", "sweep.*", "trainer.resume",
                 "trainer.log_checkpoint", "*_dir", "*.cache_dir", "*.path", "*_uri", "model.n_params*",
                 "n_params*", "name")
@@ -94,6 +101,7 @@ def select(uri: str | None = None, experiment: str = "kbk", *, sweep: str | None
     if status:
         wanted = [status] if isinstance(status, str) else list(status)
         runs = runs[runs["status"].isin(wanted)]
+    runs = with_derived_metrics(runs)
     return Selection(runs.reset_index(drop=True), parents.reset_index(drop=True), uri, experiment)
 
 
@@ -128,6 +136,15 @@ def metric_columns(runs: pd.DataFrame) -> list[str]:
     return sorted(c[len("metrics."):] for c in runs.columns if c.startswith("metrics.") and runs[c].notna().any())
 
 
+def with_derived_metrics(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` plus a `metrics.<name>` column for each DERIVED metric whose two parts some run logged."""
+    runs = runs.copy()
+    for name, (a, b) in DERIVED.items():
+        if f"metrics.{a}" in runs and f"metrics.{b}" in runs:
+            runs[f"metrics.{name}"] = runs[f"metrics.{a}"] - runs[f"metrics.{b}"]
+    return runs
+
+
 def metric_histories(uri: str, run_ids: Sequence[str], metrics: Sequence[str]) -> dict[str, dict[str, pd.DataFrame]]:
     """{run id: {metric: frame of (step, value)}} from the store's metric histories."""
     from mlflow import MlflowClient
@@ -136,8 +153,14 @@ def metric_histories(uri: str, run_ids: Sequence[str], metrics: Sequence[str]) -
     out: dict[str, dict[str, pd.DataFrame]] = {}
     for run_id in run_ids:
         out[run_id] = {}
-        for metric in metrics:
+        def history(metric: str) -> pd.DataFrame:
+            if metric in DERIVED:  # the difference of its parts at the steps both logged
+                a, b = (history(m).set_index("step")["value"] for m in DERIVED[metric])
+                both = (a - b).dropna()
+                return pd.DataFrame({"step": both.index.astype(int), "value": both.to_numpy()})
             points = client.get_metric_history(run_id, metric)
             frame = pd.DataFrame({"step": [p.step for p in points], "value": [p.value for p in points]})
-            out[run_id][metric] = frame.drop_duplicates("step", keep="last").sort_values("step")
+            return frame.drop_duplicates("step", keep="last").sort_values("step")
+
+        out[run_id] = {metric: history(metric) for metric in metrics}
     return out
