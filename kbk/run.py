@@ -72,7 +72,7 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
             settings = settings_of(cfg)
             seed_everything(settings.seed)
             run_hash = identity.run_hash(cfg)
-            console.print_config(redacted(cfg, secrets))
+            console.print_config(redacted(cfg, secrets), sweep=sweep)
             data = build.corpus(settings)
             train_batches, val_batches = build.batches(settings, data)
             model = build.model(settings, data.vocab_size)
@@ -97,7 +97,7 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
                 console.say(f"resuming {previous.checkpoint} at step {trainer.step}")
             tracker = start_tracking(settings, cfg, secrets, output_dir, run_hash, build.parameter_counts(model),
                                      previous, run_dir, left_running)
-            console.phase(f"ready to train, MLflow run {tracker.run_id}" if tracker.run_id else "ready to train")
+            console.say_started(output_dir, tracker)
         except KbkError:
             if not sweep:
                 shutil.rmtree(output_dir, ignore_errors=True)  # nothing half-written: the run never started
@@ -117,7 +117,7 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
             write_atomic(output_dir / "summary.json", json.dumps(summary, indent=2, default=str))
             write_plots(trainer, output_dir / "plots")  # in the run folder with or without a tracker
             log_artifacts(tracker, redacted(cfg, secrets), settings, trainer, output_dir, summary)
-        console.print_summary(summary)
+        console.say_finished(summary, output_dir, finished_checkpoints(trainer), tracker)
         value = objective(settings.optimized_metric, summary)
         if sweep:
             from kbk.sweep.trial import record_result_from_env
@@ -194,6 +194,14 @@ def start_tracking(settings, cfg: DictConfig, secrets: list[str], output_dir: Pa
         tracker.end("FAILED", reason=str(exc))  # never leave the run RUNNING (nothing else would end it)
         raise
     return tracker
+
+
+def finished_checkpoints(trainer) -> list[Path]:
+    """The checkpoints a finished run keeps (last, and best with trainer.save_best), for its closing lines."""
+    from kbk.training.callbacks import best_checkpoint_path
+
+    last = trainer.checkpoint_path
+    return [] if last is None else [p for p in (last, best_checkpoint_path(last)) if p.is_file()]
 
 
 def write_plots(trainer, plots: Path) -> None:
