@@ -107,7 +107,7 @@ def callbacks(cfg: KbkConfig, output_dir: Path | None = None) -> list:
     from kbk.training.callbacks import Profile, ProgressPrinter, ReportMetric, WatchMetric
 
     metric = cfg.optimized_metric if isinstance(cfg.optimized_metric, str) else cfg.optimized_metric[0]
-    found = [ProgressPrinter(console.progress_printer())]
+    found = [ProgressPrinter(console.progress_printer(), live=console.live_line())]
     report = report_hook_from_env()  # None outside a sweep, and for several objectives (Optuna prunes one)
     if report is not None:
         found.append(ReportMetric(report, metric))

@@ -82,21 +82,26 @@ class Corpus:
         return self._floors[split, n_seq]
 
 
-def load_corpus(source: str = "synthetic", **options: Any) -> Corpus:
-    """Load `source` ("synthetic" | "text" | "wikitext2") with that source's options (the fields of its settings
-    dataclass); an unknown option or one out of range is a `DataError` naming `data.<option>`."""
+def sources() -> dict[str, tuple[type, Callable[..., Corpus]]]:
+    """Each source's settings dataclass (its options) and loader."""
     from kbk.data.synthetic import SyntheticConfig, load_synthetic
     from kbk.data.text import TextConfig, load_text
     from kbk.data.wikitext2 import WikiText2Config, load_wikitext2
 
-    sources: dict[str, tuple[type, Callable[..., Corpus]]] = {
+    return {
         "synthetic": (SyntheticConfig, load_synthetic),
         "text": (TextConfig, load_text),
         "wikitext2": (WikiText2Config, load_wikitext2),
     }
-    if source not in sources:
-        raise DataError(f"unknown data source {source!r}: choose one of {', '.join(sources)}")
-    settings, loader = sources[source]
+
+
+def load_corpus(source: str = "synthetic", **options: Any) -> Corpus:
+    """Load `source` ("synthetic" | "text" | "wikitext2") with that source's options (the fields of its settings
+    dataclass); an unknown option or one out of range is a `DataError` naming `data.<option>`."""
+    known = sources()
+    if source not in known:
+        raise DataError(f"unknown data source {source!r}: choose one of {', '.join(known)}")
+    settings, loader = known[source]
     allowed = [f.name for f in fields(settings)]
     unknown = sorted(set(options) - set(allowed))
     if unknown:

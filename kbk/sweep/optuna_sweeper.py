@@ -37,6 +37,7 @@ from kbk.errors import ConfigError, KbkError
 from kbk.identity import changed_settings, experiment_settings
 from kbk.paths import outputs_dir
 from kbk.sweep import ENV_PARENT_RUN, ENV_PRUNER, ENV_STORAGE, ENV_STUDY, ENV_SWEEP, ENV_TRIAL
+from kbk.sweep.closing_lines import say_sweep_closing
 from kbk.sweep.engine import Outcome, SweepEngine, outcome_from_exception, outcome_from_return
 from kbk.sweep.factories import (
     class_name,
@@ -382,12 +383,26 @@ class KbkOptunaSweeperImpl(Sweeper):
     # ------------------------------------------------------------------------------------------------ jobs
 
     def job_overrides(self, trial: Any, space: Any, env: dict[str, str], subdir: bool) -> list[str]:
+        """A trial's overrides. Its environment (`env`, the trial number) reaches the job through
+        `hydra.job.env_set`, added by the sweep's own overrides, which launchers do not print; the trial's
+        overrides, which they print less `hydra.` keys, only set its number on the key those add."""
+        self._carry_env({**env, ENV_TRIAL: ""})
         overrides = space.overrides(trial.params)
-        env = {**env, ENV_TRIAL: str(trial.number)}
-        overrides += [f"++hydra.job.env_set.{k}={format_value(str(v))}" for k, v in env.items()]
+        overrides.append(f"hydra.job.env_set.{ENV_TRIAL}={format_value(str(trial.number))}")
         if subdir:
             overrides.append(f"hydra.sweep.subdir={trial.number}")
         return overrides
+
+    def _carry_env(self, env: dict[str, str]) -> None:
+        """`env` as the sweep's overrides `++hydra.job.env_set.<name>=<value>` (replacing earlier values): every
+        job composes its config from them and its trial's overrides (`load_sweep_config`)."""
+        from omegaconf import read_write
+
+        prefixes = tuple(f"++hydra.job.env_set.{k}=" for k in env)
+        with read_write(self.config.hydra):
+            kept = [o for o in self.config.hydra.overrides.hydra if not str(o).startswith(prefixes)]
+            self.config.hydra.overrides.hydra = kept + [f"{p}{format_value(str(v))}"
+                                                        for p, v in zip(prefixes, env.values(), strict=True)]
 
     def compose_trial(self, overrides: Sequence[str]) -> tuple[DictConfig | None, str | None]:
         """A trial's config, or None and why it does not compose (a bad choice value, an unknown key)."""
@@ -544,6 +559,9 @@ class _SweepRun:
         log.info("kbk sweep: results in %s", self.sweep_dir / "optimization_results.yaml")
         if failed:
             raise KbkError(self._failure_text(st))
+        cfg = self.sweeper.config
+        say_sweep_closing(self.study, self.metrics, outputs_dir(cfg.paths.outputs), tracking_store(cfg),
+                          self.parent.run_id if self.parent is not None else None)
 
     def _claim_summary(self, st: Any) -> bool:
         """Whether this process writes the summary of this state of the study. Processes ending together (the

@@ -1,6 +1,7 @@
 """Trainer callbacks (`kbk.training.trainer.Callback`): what happens at each evaluation besides logging.
 
-    HybridTrainer(..., callbacks=[ProgressPrinter(console.progress_printer()), ReportMetric(hook, "val/ppl")])
+    HybridTrainer(..., callbacks=[ProgressPrinter(console.progress_printer(), live=console.live_line()),
+                                  ReportMetric(hook, "val/ppl")])
 
 Each wraps a plain function, so the trainer knows neither the console nor Optuna. Besides: early stopping and the
 best checkpoint (`WatchMetric`), torch.profiler over some steps (`Profile`).
@@ -9,6 +10,7 @@ best checkpoint (`WatchMetric`), torch.profiler over some steps (`Profile`).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,16 +18,67 @@ from typing import Any
 
 class ProgressPrinter:
     """Hands `show` one dict per evaluation: where training stands (`step`, `epoch`, `total_steps`,
-    `train_seconds`), the latest logged training metrics and the evaluation's (what
-    `kbk.console.progress_printer()` prints)."""
+    `train_seconds`), the latest logged training metrics, the evaluation's, and `eta_seconds` (what
+    `kbk.console.progress_printer()` prints). With `live` (`kbk.console.live_line()` on a terminal), hands it
+    `step`, `total_steps`, `tokens_per_s` and `eta_seconds` after each optimiser step, at most every
+    `live_interval_s`, and clears it before each evaluation's line.
 
-    def __init__(self, show: Callable[[dict[str, Any]], None]) -> None:
+    The ETA is the remaining steps at this process's mean step time (wall clock between steps, evaluations
+    left out), plus the remaining periodic evaluations and the final one at the last evaluation's duration."""
+
+    def __init__(self, show: Callable[[dict[str, Any]], None], live: Any = None, live_interval_s: float = 0.25,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.show = show
+        self.live = live
+        self.live_interval_s = live_interval_s
+        self.clock = clock
+        self.started = self.last_step_end = self.last_drawn = 0.0
+        self.first_step = 0
+        self.evaluating_s = 0.0  # all evaluations so far (with their logging and callbacks before this one)
+        self.last_evaluation_s: float | None = None
+        self.tokens_per_s: float | None = None
+
+    def on_train_start(self, trainer) -> None:
+        self.started = self.last_step_end = self.clock()
+        self.first_step = trainer.step
+
+    def on_step_end(self, trainer, metrics: dict[str, float]) -> None:
+        now = self.last_step_end = self.clock()
+        if "perf/tokens_per_s" in metrics:  # smoothed: one step's rate jumps with the machine's load
+            rate = metrics["perf/tokens_per_s"]
+            self.tokens_per_s = rate if self.tokens_per_s is None else 0.9 * self.tokens_per_s + 0.1 * rate
+        if self.live is not None and now - self.last_drawn >= self.live_interval_s:
+            self.last_drawn = now
+            self.live({"step": trainer.step, "total_steps": trainer.total_steps,
+                       "tokens_per_s": self.tokens_per_s or 0.0, "eta_seconds": self.eta(trainer, now)})
 
     def on_evaluation(self, trainer, metrics: dict[str, float]) -> None:
+        now = self.clock()
+        self.last_evaluation_s = now - self.last_step_end
+        self.evaluating_s += self.last_evaluation_s
+        if self.live is not None:
+            self.live.clear()
         recent = next((m for _, m in reversed(trainer.history) if "train/loss_lm" in m), {})
         self.show({"step": trainer.step, "epoch": trainer.epoch, "total_steps": trainer.total_steps, **recent,
-                   **metrics, "train_seconds": trainer.train_seconds})
+                   **metrics, "train_seconds": trainer.train_seconds, "eta_seconds": self.eta(trainer, now)})
+        self.last_step_end = self.clock()  # the line and the other callbacks are not the next step's time
+
+    def on_train_end(self, trainer) -> None:
+        if self.live is not None:
+            self.live.clear()
+
+    def eta(self, trainer, now: float) -> float:
+        """Seconds until the run's summary: steps, periodic evaluations, and the final evaluation."""
+        done = trainer.step - self.first_step
+        if done <= 0:
+            return math.inf
+        per_step = max(now - self.started - self.evaluating_s, 0.0) / done
+        remaining = max(trainer.total_steps - trainer.step, 0)
+        every = trainer.options.eval_every
+        per_epoch = trainer.total_steps / max(trainer.options.epochs, 1)
+        evaluations = (trainer.total_steps // every - trainer.step // every if every else
+                       math.ceil(remaining / max(per_epoch, 1)))
+        return per_step * remaining + (self.last_evaluation_s or 0.0) * (evaluations + 1)
 
 
 class ReportMetric:
