@@ -1,16 +1,16 @@
 """python -m kbk.evaluate: a trained model's loss and perplexity on the validation and test splits, in standard and
 Koopman mode, with the layer-by-layer table (one layer at a time in Koopman mode, or skipped).
 
-    python -m kbk.evaluate outputs/checkpoints/<config hash>/last.pt
+    python -m kbk.evaluate outputs/runs/<name>/<time>/checkpoints/last.pt
     python -m kbk.evaluate <MLflow run id> --split test --format json
     python -m kbk.evaluate path/to/last.pt --config outputs/runs/kbk/<time>/     # a checkpoint moved elsewhere
 
 The model is rebuilt from the config it was trained with: the `.hydra/config.yaml` of the run folder that the
-checkpoint folder's `run.json` names (a run id: its `kbk.output_dir` tag, and its checkpoint is
-`<outputs>/checkpoints/<kbk.config_hash>/last.pt`, else a logged `checkpoints/last.pt` artifact). The data is
-rebuilt from that config too, so the vocabulary is the training one (read from the tokenised-data cache). The
-numbers come from the trainer's own evaluation code over every window of a split, so `val` equals the training
-run's final `val/loss` when that run evaluated all of its validation batches.
+checkpoint folder's `run.json` names (a run id: its `kbk.output_dir` tag, and its checkpoint is its config's
+latest, found through `<outputs>/checkpoints/<kbk.config_hash>/`, else a logged `checkpoints/last.pt` artifact).
+The data is rebuilt from that config too, so the vocabulary is the training one (read from the tokenised-data
+cache). The numbers come from the trainer's own evaluation code over every window of a split, so `val` equals the
+training run's final `val/loss` when that run evaluated all of its validation batches.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kbk.errors import KbkError, command_line
-from kbk.tracking.resume import read_run_record
+from kbk.tracking.resume import checkpoint_folder, read_run_record
 
 PROG = "kbk.evaluate"
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -65,7 +65,7 @@ def locate(target: str, config: str | None, uri: str | None, scratch: Path) -> t
         return locate_run(target, config, uri, scratch)
     raise KbkError(
         f"{target}: no such checkpoint file, and not an MLflow run id (32 hex digits). Fix: pass the path of a "
-        f"last.pt that kbk wrote (outputs/checkpoints/<config hash>/last.pt) or the id of a run of python -m kbk.run"
+        f"last.pt that kbk wrote (<run folder>/checkpoints/last.pt) or the id of a run of python -m kbk.run"
     )
 
 
@@ -121,7 +121,7 @@ def locate_run(run_id: str, config: str | None, uri: str | None, scratch: Path) 
             f"tags), so it has no kbk checkpoint. Fix: pass a checkpoint path and --config"
         )
     cfg_path = config_file(config, output_dir, Path(f"run {run_id}"))
-    folder = outputs_dir(load_settings(cfg_path).paths.outputs) / "checkpoints" / config_hash
+    folder = checkpoint_folder(outputs_dir(load_settings(cfg_path).paths.outputs) / "checkpoints" / config_hash)
     checkpoint = folder / "last.pt"
     if checkpoint.is_file():
         last_writer = read_run_record(folder).get("run_id")

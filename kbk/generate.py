@@ -1,6 +1,6 @@
 """python -m kbk.generate: text sampled from a trained model, the quickest sanity check of a language model.
 
-    python -m kbk.generate outputs/checkpoints/<config hash>/last.pt --prompt "In the beginning" --tokens 50
+    python -m kbk.generate outputs/runs/<name>/<time>/checkpoints/last.pt --prompt "In the beginning" --tokens 50
     python -m kbk.generate <MLflow run id> --prompt "And God said" --temperature 0 --koopman
 
 The checkpoint (or run id) is found and the model rebuilt as `python -m kbk.evaluate` does it, with the training

@@ -19,7 +19,7 @@ LOCATION_KEYS = ("paths", "tracking", "hydra")
 LABEL_KEYS = ("tags", "notes")
 #: How this process continues, records or inspects a run, not what it computes.
 VOLATILE_KEYS = ("trainer.resume", "trainer.log_checkpoint", "trainer.save_best", "trainer.profile_steps",
-                 "trainer.detect_anomaly")
+                 "trainer.detect_anomaly", "trainer.keep_checkpoint")
 #: Settings kbk gained after run hashes were first stored, with the default that computes what kbk computed
 #: without them: left out at that default, so every earlier run keeps its hash (checkpoint folder, resume).
 ADDED_KEYS = {"trainer.overfit_batches": 0, "trainer.early_stopping_patience": None, "trainer.precision": "fp32"}

@@ -58,9 +58,14 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
     from kbk.config import settings_of
     from kbk.errors import TrainingError
     from kbk.files import write_atomic
-    from kbk.tracking.resume import continue_logging, read_run_record, resume_point
+    from kbk.tracking.resume import checkpoint_folder, continue_logging, read_run_record, resume_point, writes_to
     from kbk.tracking.run_params import redact_files, redacted
-    from kbk.training.checkpoint import CheckpointFolderLock, remove_partial_checkpoints, seed_everything
+    from kbk.training.checkpoint import (
+        CheckpointFolderLock,
+        CheckpointRetention,
+        remove_partial_checkpoints,
+        seed_everything,
+    )
     from kbk.training.trainer import HybridTrainer, TrainingDiverged, optimizer_steps
 
     if sweep:
@@ -82,21 +87,24 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
                 console.say(f"note: trainer.max_steps={options.max_steps} but trainer.epochs={options.epochs} "
                             f"hold {total_steps} optimiser steps: training stops at step {total_steps} (raise "
                             f"trainer.epochs to reach max_steps)")
-            run_dir = build.outputs_dir(settings.paths.outputs) / "checkpoints" / run_hash
-            cleanup.enter_context(CheckpointFolderLock(run_dir))  # one process per config at a time
-            remove_partial_checkpoints(run_dir)  # left by a process killed while writing one
-            left_running = read_run_record(run_dir).get("run_id")
+            # The config's index folder: its lock and run.json, naming the run folder that holds its checkpoints.
+            index = build.outputs_dir(settings.paths.outputs) / "checkpoints" / run_hash
+            cleanup.enter_context(CheckpointFolderLock(index))  # one process per config at a time
+            remove_partial_checkpoints(checkpoint_folder(index))  # left by a process killed while writing one
+            left_running = read_run_record(index).get("run_id")
+            previous = resume_point(settings.trainer.resume, index)
+            checkpoint_dir = writes_to(previous, index, output_dir)  # the resumed checkpoint's folder, else our own
+            retention = cleanup.enter_context(CheckpointRetention(checkpoint_dir, settings.trainer.keep_checkpoint))
             trainer = HybridTrainer(
                 model, train_batches, val_batches, options, build.schedule(settings, total_steps),
-                checkpoint_path=run_dir / "last.pt", loss_floor=data.loss_floor(settings.model.n_seq),
+                checkpoint_path=checkpoint_dir / "last.pt", loss_floor=data.loss_floor(settings.model.n_seq),
                 callbacks=build.callbacks(settings, output_dir),
             )
-            previous = resume_point(settings.trainer.resume, run_dir)
             if previous is not None:
                 trainer.resume(previous.checkpoint)
                 console.say(f"resuming {previous.checkpoint} at step {trainer.step}")
             tracker = start_tracking(settings, cfg, secrets, output_dir, run_hash, build.parameter_counts(model),
-                                     previous, run_dir, left_running)
+                                     previous, index, checkpoint_dir, left_running)
             console.say_started(output_dir, tracker)
         except KbkError:
             if not sweep:
@@ -117,6 +125,7 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
             write_atomic(output_dir / "summary.json", json.dumps(summary, indent=2, default=str))
             write_plots(trainer, output_dir / "plots")  # in the run folder with or without a tracker
             log_artifacts(tracker, redacted(cfg, secrets), settings, trainer, output_dir, summary)
+        retention.finished()  # FINISHED with everything logged: trainer.keep_checkpoint says what stays
         console.say_finished(summary, output_dir, finished_checkpoints(trainer), tracker)
         value = objective(settings.optimized_metric, summary)
         if sweep:
@@ -143,9 +152,10 @@ def known_secrets(cfg: DictConfig) -> list[str]:
 
 
 def start_tracking(settings, cfg: DictConfig, secrets: list[str], output_dir: Path, run_hash: str,
-                   counts: dict[str, Any], previous, run_dir: Path, left_running: str | None):
+                   counts: dict[str, Any], previous, index: Path, checkpoint_dir: Path, left_running: str | None):
     """The tracker of this job: a new MLflow run, or the one `previous` (a `ResumePoint`) continues, its params
-    logged and its id in `run_dir/run.json` as soon as it exists; a `NullTracker` with tracking=none.
+    logged and its id in the `run.json` of the config's `index` folder and of `checkpoint_dir` as soon as it exists;
+    a `NullTracker` with tracking=none.
     `left_running`: the last run of this config (from its run.json); if it is still RUNNING, its process died
     (the checkpoint folder's lock was free) and, unless it is the run being resumed, it is ended KILLED."""
     from kbk.sweep import ENV_PARENT_RUN, ENV_SWEEP, ENV_TRIAL
@@ -154,7 +164,7 @@ def start_tracking(settings, cfg: DictConfig, secrets: list[str], output_dir: Pa
     if settings.tracking.backend == "none":
         from kbk.tracking.base import NullTracker
 
-        write_run_record(run_dir, None, output_dir)
+        write_run_record(index, checkpoint_dir, None, output_dir)
         return NullTracker()
     from kbk.identity import IGNORED_KEYS, LABEL_KEYS, experiment_config
     from kbk.paths import outputs_dir
@@ -187,7 +197,7 @@ def start_tracking(settings, cfg: DictConfig, secrets: list[str], output_dir: Pa
                                               run_name(typed_overrides(), run_hash, IGNORED_KEYS))
         tracker = MlflowTracker.start(uri, settings.tracking.experiment, name, tags, **options)
     # At once: if this process is killed from here on, the next start of this config finds the run to end.
-    write_run_record(run_dir, tracker.run_id, output_dir)
+    write_run_record(index, checkpoint_dir, tracker.run_id, output_dir)
     try:
         tracker.log_params({**params, **{k: str(v) for k, v in counts.items()}})
     except KbkError as exc:

@@ -136,6 +136,15 @@ def mlflow_runs(db: Path) -> list:
     return client.search_runs(experiments, order_by=["attributes.start_time ASC"]) if experiments else []
 
 
+def latest_checkpoint(outputs: Path) -> Path:
+    """The latest last.pt of the one config trained under `outputs` (it may not exist yet), found as a resume finds
+    it: through the config's index folder `outputs/checkpoints/<config hash>/`."""
+    from kbk.tracking.resume import checkpoint_folder
+
+    (index,) = (Path(outputs) / "checkpoints").iterdir()
+    return checkpoint_folder(index) / "last.pt"
+
+
 def metric_history(db: Path, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) of every logged value of `key`, in step order (then logging order)."""
     from mlflow import MlflowClient

@@ -149,7 +149,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result_with_one_clean_mlflow_ru
     proc = subprocess.Popen([sys.executable, "-m", "kbk.run", *args, f"paths.outputs={outputs}"],
                             cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while time.time() < deadline and not list(outputs.glob("checkpoints/*/last.pt")):
+    while time.time() < deadline and not list(outputs.glob("runs/*/*/checkpoints/last.pt")):
         time.sleep(0.2)
     time.sleep(3)  # let it get well past the first checkpoints
     proc.send_signal(signal.SIGKILL)

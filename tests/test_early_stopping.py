@@ -25,7 +25,7 @@ def test_a_run_whose_metric_cannot_improve_stops_after_patience_evaluations(tmp_
     run_in_process(overrides, tmp_path / "job")
     summary = json.loads((tmp_path / "job" / "summary.json").read_text())
     assert summary["steps"] == 12  # evaluations at 4 (the best), 8 and 12 (no better): stopped
-    (last,) = (tmp_path / "outputs" / "checkpoints").glob("*/last.pt")
+    last = tmp_path / "job" / "checkpoints" / "last.pt"  # in the run's own folder
     best = load_checkpoint(best_checkpoint_path(last))
     assert best["position"]["step"] == 4 and load_checkpoint(last)["position"]["step"] == 12
 

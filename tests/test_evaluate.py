@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY, TINY_DATA, clean_env, kbk_command, one_torch_thread
+from conftest import TINY, TINY_DATA, clean_env, kbk_command, latest_checkpoint, one_torch_thread
 from mlflow import MlflowClient
 
 from kbk.data import TokenBatches, load_synthetic
@@ -31,7 +31,7 @@ def run(tmp_path_factory, mlflow_schema):
     proc = subprocess.run(kbk_command([*TINY, f"paths.outputs={outputs}"]), capture_output=True, text=True,
                           env=clean_env(), cwd=PROJECT_ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (checkpoint,) = outputs.glob("checkpoints/*/last.pt")
+    checkpoint = latest_checkpoint(outputs)
     info = json.loads((checkpoint.parent / "run.json").read_text())
     return {"checkpoint": checkpoint, "uri": f"sqlite:///{outputs / 'mlflow.db'}", "run_id": info["run_id"],
             "run_dir": Path(info["output_dir"]),

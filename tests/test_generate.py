@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TINY_MODEL, clean_env, compose_kbk, kbk_command, one_torch_thread
+from conftest import TINY_MODEL, clean_env, compose_kbk, kbk_command, latest_checkpoint, one_torch_thread
 from omegaconf import OmegaConf
 
 from kbk import build
@@ -40,7 +40,7 @@ def trained(tmp_path_factory):
     proc = subprocess.run(kbk_command(overrides), capture_output=True, text=True, env=clean_env(), cwd=PROJECT_ROOT,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (checkpoint,) = (tmp / "outputs").glob("checkpoints/*/last.pt")
+    checkpoint = latest_checkpoint(tmp / "outputs")
     return checkpoint, overrides
 
 

@@ -16,7 +16,16 @@ import subprocess
 
 import optuna
 import pytest
-from conftest import TINY, artifact_paths, clean_env, compose_kbk, kbk_command, mlflow_runs, one_torch_thread
+from conftest import (
+    TINY,
+    artifact_paths,
+    clean_env,
+    compose_kbk,
+    kbk_command,
+    latest_checkpoint,
+    mlflow_runs,
+    one_torch_thread,
+)
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
@@ -51,9 +60,9 @@ def test_sigkill_before_the_first_checkpoint_leaves_no_running_run(tmp_path, mlf
         proc.wait()
     (orphan,) = mlflow_runs(db)
     assert orphan.info.status == "RUNNING"  # what SIGKILL leaves: nothing in the process can end it
-    (folder,) = (outputs / "checkpoints").iterdir()
-    assert not (folder / "last.pt").exists()
-    partial = folder / ".last.pt.killed.tmp"  # what a kill during the first checkpoint's write leaves
+    first = latest_checkpoint(outputs)
+    assert not first.exists()
+    partial = first.parent / ".last.pt.killed.tmp"  # what a kill during the first checkpoint's write leaves
     partial.write_bytes(b"half a checkpoint")
 
     resumed = subprocess.run(kbk_command([*UNCHECKPOINTED, f"paths.outputs={outputs}", "trainer.resume=true"]),
@@ -61,7 +70,7 @@ def test_sigkill_before_the_first_checkpoint_leaves_no_running_run(tmp_path, mlf
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "trainer.resume=true: no checkpoint of this config" in resumed.stdout
     assert f"MLflow run {orphan.info.run_id} of this config was left RUNNING by a killed process" in resumed.stdout
-    assert not partial.exists() and (folder / "last.pt").is_file()
+    assert not partial.exists() and latest_checkpoint(outputs).is_file()
     runs = {r.info.run_id: r for r in mlflow_runs(db)}
     assert runs[orphan.info.run_id].info.status == "KILLED"
     assert "killed" in runs[orphan.info.run_id].data.tags["kbk.end_reason"]

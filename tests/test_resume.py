@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, clean_env, compose_kbk, kbk_command, metric_history, mlflow_runs, one_torch_thread
+from conftest import (
+    TINY,
+    clean_env,
+    compose_kbk,
+    kbk_command,
+    latest_checkpoint,
+    metric_history,
+    mlflow_runs,
+    one_torch_thread,
+)
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
@@ -43,8 +52,10 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
 
 
 def checkpoint_of(outputs: Path) -> Path | None:
-    found = sorted(outputs.glob("checkpoints/*/last.pt"))
-    return found[0] if found else None
+    if not (outputs / "checkpoints").is_dir():
+        return None
+    checkpoint = latest_checkpoint(outputs)
+    return checkpoint if checkpoint.is_file() else None
 
 
 def run_until(proc: subprocess.Popen, prefix: str, outputs: Path) -> str:

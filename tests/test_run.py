@@ -148,6 +148,7 @@ def test_tracking_none_writes_summary_json_and_no_mlflow_store(tmp_path, tiny_ov
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert not [p for p in written if "mlflow" in p or "mlartifacts" in p or p.endswith(".db")], written
     assert "outputs/checkpoints" in " ".join(written)  # (the run did write under the outputs folder)
+    assert "job/checkpoints/last.pt" in written  # in the run's own folder
     for plot in ("training_curves.png", "eigenvalues.png"):  # plots in the run folder without a tracker too
         assert (tmp_path / "job" / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -4,8 +4,11 @@ random state from the checkpoint is `HybridTrainer.resume`'s.)
 
 The steps, in the order `kbk.run` takes them:
 
-1. `resume_point`: `trainer.resume=true` finds this config's `last.pt` (none yet: train from the start), a path
-   names one; next to it, `run.json` (`write_run_record`) names the MLflow run that wrote it.
+1. `resume_point`: `trainer.resume=true` finds this config's latest `last.pt` through its index folder
+   `<outputs>/checkpoints/<config hash>/` (the folder lock and a `run.json` naming the run folder whose
+   `checkpoints/` holds it; an older store's `last.pt` in the index folder itself still counts), none yet: train
+   from the start; a path names one. Beside the checkpoint, `run.json` (`write_run_record`) names the MLflow run
+   that wrote it.
 2. `reopen_run`: that MLflow run is reopened (status back to RUNNING, `kbk.resumes` counted), after
    `refuse_foreign_run` made sure it was made with the same settings: a checkpoint of another config passed as
    `trainer.resume` must not change that config's run.
@@ -19,6 +22,7 @@ The steps, in the order `kbk.run` takes them:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,17 +44,38 @@ PROBE_KEYS = ("train/loss_lm", "val/loss", "epoch/loss_lm")
 # ------------------------------------------------------------------------------------------- the checkpoint
 
 
-def write_run_record(run_dir: Path, run_id: str | None, output_dir: Path) -> None:
-    """`run.json` next to the checkpoints: the MLflow run that a resume continues (or that a later start ends)."""
-    write_atomic(run_dir / RUN_RECORD, json.dumps({"run_id": run_id, "output_dir": str(output_dir)}, indent=2))
+def write_run_record(index: Path, checkpoints: Path, run_id: str | None, output_dir: Path) -> None:
+    """`run.json` beside a run's checkpoints (the MLflow run that a resume continues, or that a later start ends; its
+    run folder; its config hash) and in its config's index folder (the same, and where the checkpoints are, relative
+    to the index so that a moved outputs folder still resumes). The checkpoints' own record is written first: the
+    index never points at a folder without one."""
+    record = {"run_id": run_id, "output_dir": str(output_dir)}
+    if checkpoints.resolve() != index.resolve():  # (a store from before run folders has them in one folder)
+        write_atomic(checkpoints / RUN_RECORD, json.dumps({**record, "config_hash": index.name}, indent=2))
+    where = os.path.relpath(checkpoints, index)
+    write_atomic(index / RUN_RECORD, json.dumps({**record, "checkpoint_dir": where}, indent=2))
 
 
-def read_run_record(run_dir: Path) -> dict[str, Any]:
-    """The `run.json` in `run_dir`, {} if it is missing or unreadable (its writer was killed)."""
+def read_run_record(folder: Path) -> dict[str, Any]:
+    """The `run.json` in `folder`, {} if it is missing or unreadable (its writer was killed)."""
     try:
-        return json.loads((run_dir / RUN_RECORD).read_text())
+        return json.loads((folder / RUN_RECORD).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def checkpoint_folder(index: Path) -> Path:
+    """Where the latest checkpoints of the config whose index folder is `index` are: the folder its `run.json`
+    names, else (a store from before checkpoints moved into run folders) the index folder itself."""
+    recorded = read_run_record(index).get("checkpoint_dir")
+    return Path(os.path.normpath(index / recorded)) if recorded else index
+
+
+def mark_ended(checkpoints: Path, how: str) -> None:
+    """Record in the `run.json` beside a run's checkpoints that the run is over (`how`: finished, pruned), never to
+    be resumed: `python -m kbk.clean` may delete what is left of them."""
+    record = read_run_record(checkpoints)
+    write_atomic(checkpoints / RUN_RECORD, json.dumps({**record, "ended": how}, indent=2))
 
 
 @dataclass(frozen=True)
@@ -59,17 +84,18 @@ class ResumePoint:
     run_id: str | None  # the MLflow run that wrote the checkpoint (None: it was not tracked)
 
 
-def resume_point(resume: Any, run_dir: Path) -> ResumePoint | None:
-    """The checkpoint to continue from (`trainer.resume`: true for this config's own, or a path), or None to start
-    fresh."""
+def resume_point(resume: Any, index: Path) -> ResumePoint | None:
+    """The checkpoint to continue from (`trainer.resume`: true for the latest of the config whose index folder is
+    `index`, or a path), or None to start fresh."""
     if resume is False or resume is None:
         return None
     if resume is True:
-        checkpoint = run_dir / "last.pt"
+        checkpoint = checkpoint_folder(index) / "last.pt"
         if not checkpoint.is_file():  # a sweep re-running a killed trial lands here too
             from kbk import console
 
-            console.say(f"trainer.resume=true: no checkpoint of this config in {run_dir}; training from the start")
+            console.say(f"trainer.resume=true: no checkpoint of this config in {checkpoint.parent}; training from "
+                        f"the start")
             return None
     else:
         checkpoint = Path(str(resume)).expanduser()
@@ -77,6 +103,16 @@ def resume_point(resume: Any, run_dir: Path) -> ResumePoint | None:
             raise CheckpointError(f"trainer.resume={resume}: no such checkpoint file; pass the path of a last.pt "
                                   f"that kbk wrote, or trainer.resume=true to find this config's own")
     return ResumePoint(checkpoint, read_run_record(checkpoint.parent).get("run_id"))
+
+
+def writes_to(previous: ResumePoint | None, index: Path, output_dir: Path) -> Path:
+    """The folder a run writes its checkpoints to: where the config's latest checkpoint is when it resumes that one
+    (one MLflow run, one checkpoint folder), else `checkpoints/` in its own run folder. A checkpoint given by path
+    elsewhere is only read: its folder may belong to another config or another live run."""
+    latest = checkpoint_folder(index)
+    if previous is not None and previous.checkpoint.resolve().parent == latest.resolve():
+        return latest
+    return output_dir / "checkpoints"
 
 
 # ------------------------------------------------------------------------------------------- the MLflow run

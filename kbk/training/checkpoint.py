@@ -66,6 +66,34 @@ def remove_partial_checkpoints(folder: Path) -> list[Path]:
     return partial
 
 
+class CheckpointRetention:
+    """What a run's checkpoint folder keeps once the run is over (`trainer.keep_checkpoint`): `last` all of it,
+    `best` best.pt only, `none_after_finish` no checkpoint. The run is over when `finished()` is called (its MLflow
+    run ended FINISHED with everything logged, `log_checkpoint`'s copy too) or when Optuna pruned its trial (a
+    pruned trial is never resumed). A run stopped any other way keeps its checkpoints, to resume from."""
+
+    def __init__(self, folder: Path, keep: str) -> None:
+        self.folder, self.keep = folder, keep
+
+    def finished(self, how: str = "finished") -> list[Path]:
+        """Record the run's end beside its checkpoints, then delete what `keep` does not keep; returns those."""
+        from kbk.tracking.resume import mark_ended
+
+        mark_ended(self.folder, how)
+        dropped = {"last": [], "best": [self.folder / "last.pt"], "none_after_finish": sorted(self.folder.glob("*.pt"))}
+        gone = [path for path in dropped[self.keep] if path.is_file()]
+        for path in gone:
+            path.unlink()
+        return gone
+
+    def __enter__(self) -> CheckpointRetention:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is not None and exc_type.__name__ == "TrialPruned":  # optuna's, without importing optuna
+            self.finished("pruned")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint`; a missing or unreadable file is a `CheckpointError`."""
     path = Path(path)

@@ -14,6 +14,8 @@ from kbk.errors import SettingError, require, require_choice
 LR_SCHEDULES = ("constant", "cosine")
 #: fp32: everything in float32; bf16: forward and loss under bfloat16 autocast (the BK-Core stays complex64).
 PRECISIONS = ("fp32", "bf16")
+#: What a run's checkpoints leave once it has finished (a killed run always keeps last.pt, to resume from).
+KEEP_CHECKPOINT = ("last", "best", "none_after_finish")
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 
 
@@ -48,6 +50,8 @@ class TrainerConfig:
     early_stopping_patience: int | None = None
     save_best: bool = False  # write best.pt beside last.pt at each evaluation that improves optimized_metric
     precision: str = "fp32"  # "fp32" | "bf16" (autocast of forward and loss on CPU and CUDA)
+    # Once the run has finished: keep last.pt (and best.pt), best.pt only, or no checkpoint (kbk's sweeps' default).
+    keep_checkpoint: str = "last"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "log_every", "max_nan_steps"):
@@ -71,6 +75,11 @@ class TrainerConfig:
         require(self, "early_stopping_patience", lambda v: v is None or v > 0,
                 "an integer > 0 (evaluations without improvement), or null for no early stopping")
         require_choice(self, "precision", PRECISIONS)
+        require_choice(self, "keep_checkpoint", KEEP_CHECKPOINT)
+        if self.keep_checkpoint == "best" and not self.save_best:
+            raise SettingError(type(self), "keep_checkpoint", self.keep_checkpoint,
+                               "last or none_after_finish, or best with trainer.save_best=true (only save_best "
+                               "writes the best.pt that best keeps)")
         require(self, "device", lambda v: re.fullmatch(DEVICE_PATTERN, v) is not None,
                 "one of auto, cpu, cuda, cuda:<index>, mps")
         require(self, "resume", lambda v: isinstance(v, bool) or (isinstance(v, str) and v != ""),
