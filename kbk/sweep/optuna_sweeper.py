@@ -74,6 +74,9 @@ SUMMARY_CLAIM_PREFIX = "kbk.summary_by."
 #: Seconds for every sweeper process ending at the same time to write its claim (they notice the end within
 #: POLL_S of each other).
 SUMMARY_SETTLE_S = 3.0
+#: What a trial keeps of its checkpoints once it has finished, unless the sweep sets trainer.keep_checkpoint: a
+#: finished trial is never resumed (the study holds its result), and a sweep's checkpoints add up.
+TRIAL_KEEP_CHECKPOINT = "none_after_finish"
 
 
 def metric_names(cfg: DictConfig) -> list[str]:
@@ -121,6 +124,17 @@ def study_name_of(name: str | None, settings: dict[str, str], preset: str | None
         return name
     prefix = (preset or "kbk") if name == "auto" else "kbk"
     return f"{prefix}-{config_hash(settings)[:10]}"
+
+
+def trial_retention(cfg: DictConfig) -> list[str]:
+    """The override that gives a trial `TRIAL_KEEP_CHECKPOINT`, put before the trial's own overrides so that a
+    `trainer.keep_checkpoint=...` on the command line (a fixed override of the sweep, applied later) wins; none when
+    the sweep's config already holds another value than the default (a preset set it)."""
+    from kbk.training.trainer_config import TrainerConfig
+
+    if OmegaConf.select(cfg, "trainer.keep_checkpoint", default=None) != TrainerConfig.keep_checkpoint:
+        return []
+    return [f"trainer.keep_checkpoint={TRIAL_KEEP_CHECKPOINT}"]
 
 
 def check_study_name(name: str) -> None:
@@ -387,7 +401,7 @@ class KbkOptunaSweeperImpl(Sweeper):
         `hydra.job.env_set`, added by the sweep's own overrides, which launchers do not print; the trial's
         overrides, which they print less `hydra.` keys, only set its number on the key those add."""
         self._carry_env({**env, ENV_TRIAL: ""})
-        overrides = space.overrides(trial.params)
+        overrides = [*trial_retention(self.config), *space.overrides(trial.params)]
         overrides.append(f"hydra.job.env_set.{ENV_TRIAL}={format_value(str(trial.number))}")
         if subdir:
             overrides.append(f"hydra.sweep.subdir={trial.number}")
