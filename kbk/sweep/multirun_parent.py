@@ -6,7 +6,8 @@ before any job starts, and exports `KBK_PARENT_RUN_ID` / `KBK_SWEEP` so in-proce
 `on_job_start` sets them again in whatever process runs the job: a reused joblib worker (spawned before this
 multirun, so its environment is older) or a submitit job gets this callback with the parent id inside (Hydra
 pickles the callbacks with the job). `on_job_end` puts the job's environment back; `on_multirun_end` ends the
-parent FINISHED. If the multirun dies first, the tracker's exit hook ends it FAILED.
+parent FINISHED and prints its id and the `kbk.compare` command. If the multirun dies first, the tracker's exit
+hook ends it FAILED.
 
 A no-op with `tracking.backend=none`, for single runs, and when kbk's Optuna sweeper runs the multirun (it makes
 its own parent run, kept on the study).
@@ -22,6 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from kbk.sweep import ENV_PARENT_RUN, ENV_SWEEP
+from kbk.sweep.closing_lines import say_multirun_closing
 from kbk.sweep.parent import COMMAND_TAG, open_parent_run, redact_override, sweep_command, tracking_store
 
 log = logging.getLogger(__name__)
@@ -135,6 +137,7 @@ class MultirunParent(Callback):
         try:
             summarize_children(self._tracker, self._experiment, self._metric)
             self._tracker.end("FINISHED")
+            say_multirun_closing(self._tracker.uri, self._experiment, self._tracker.run_id)
         finally:
             self._tracker = None
             self.parent_run_id = None
