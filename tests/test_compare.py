@@ -189,3 +189,15 @@ def test_distance_to_the_floor_is_derived_per_run_and_per_step(tmp_path):
     assert "metrics.val/loss_koopman_above_floor" not in frame  # its part val/loss_koopman was never logged
     history = metric_histories(uri, [rid], ["val/loss_above_floor"])[rid]["val/loss_above_floor"]
     assert history["step"].tolist() == [100, 200] and history["value"].tolist() == [0.5, 0.25]
+
+
+def test_a_table_too_wide_for_the_terminal_is_one_table_per_metric(store, capsys, monkeypatch):
+    uri, _ = store
+    monkeypatch.setenv("COLUMNS", "100")
+    assert main(["--uri", uri, "--sweep", "grid", "--baseline", "koopman.dim=256",
+                 "--metric", "val/ppl", "val/ppl_koopman", "koopman/0/spectral_radius"]) == 0
+    out = capsys.readouterr().out
+    titles = [line.strip() for line in out.splitlines() if line.startswith("sweep grid")]
+    assert titles == [f"sweep grid: {m}" for m in ("val/ppl", "val/ppl_koopman", "koopman/0/spectral_radius")]
+    assert "…" not in out  # nothing squeezed to a stub
+    assert out.count("│ 512 ") == 3  # every table names its groups

@@ -17,10 +17,7 @@
 #   python experiments/benchmarks/context_length.py
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-# One torch thread per trial: on the 2 shared, oversubscribed cores this study ran on, two threads spent most of
-# their time waiting for each other (the trial ran ~30x slower than its one-thread CPU time). It also makes every
-# variant's perf/step_ms the same kind of number as experiments/benchmarks/context_length.py's CPU times.
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+source experiments/study.sh  # one torch thread per trial; REPORT_ONLY=1 rewrites the reports only
 datasets=("${@:-synthetic kjv}")
 declare -A variants=([synthetic]="bk,bk_koopman_off,bk_noncausal,gpt_d148,gpt_d72" [kjv]="bk,bk_koopman_off,gpt_d88,gpt_d64")
 for data in ${datasets[@]}; do
@@ -28,10 +25,10 @@ for data in ${datasets[@]}; do
     metrics="val/ppl perf/step_ms"
     noncausal=""
     if [ "$data" = synthetic ]; then
-        metrics="val/ppl val/ppl_floor perf/step_ms"
+        metrics="val/ppl val/loss_above_floor perf/step_ms"
         noncausal=" with the seed's non-causal BK-Core,"
     fi
-    python -m kbk.run -m hparams_search=baselines_grid "hydra.searchpath=[file://experiments/baselines/conf]" \
+    sweep hparams_search=baselines_grid "hydra.searchpath=[file://experiments/baselines/conf]" \
         hydra.sweeper.study_name=$study experiment=${variants[$data]} seed=0,1,2 \
         data=$data model=tiny model.n_seq=128 trainer.epochs=100 trainer.max_steps=400 trainer.eval_every=100
     group_by="model.arch model.d_model koopman.enabled model.causal"

@@ -11,8 +11,7 @@
 # kept) and rewrites the reports.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-# One torch thread per trial (two sweeps side by side on 2 cores; see experiments/baselines/run.sh for why).
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+source experiments/study.sh  # one torch thread per trial; REPORT_ONLY=1 rewrites the reports only
 size=(model=tiny data=synthetic trainer.max_steps=400 trainer.eval_every=100 seed=0,1,2)
 metrics=(val/ppl val/ppl_koopman koopman/0/one_step_rel_err koopman/1/one_step_rel_err
          koopman/0/drift_rel koopman/1/drift_rel)
@@ -25,7 +24,7 @@ for part in ${parts[@]}; do
     *) echo "run.sh: unknown part '$part'; the parts are extremes and middle" >&2; exit 2 ;;
   esac
   study=dmd_ownership_$part
-  python -m kbk.run -m hparams_search=dmd_ownership_grid hydra.sweeper.study_name=$study \
+  sweep hparams_search=dmd_ownership_grid hydra.sweeper.study_name=$study \
       dmd.buffer_size=$buffers "${size[@]}"
   python -m kbk.report --sweep $study --baseline $baseline --metric "${metrics[@]}" \
       --question "Which DMD buffer size ($buffers) and which owner of the Koopman operator (gradient, DMD, both) give the lowest Koopman-mode validation perplexity and one-step error of the tiny model after 400 steps on synthetic data, how often does DMD accept its estimate and how far does K drift?" \

@@ -9,14 +9,13 @@
 # Re-running resumes each sweep (finished trials are kept) and rewrites the reports.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-# One torch thread per trial (two sweeps side by side on 2 cores; see experiments/baselines/run.sh for why).
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+source experiments/study.sh  # one torch thread per trial; REPORT_ONLY=1 rewrites the reports only
 datasets=("${@:-synthetic kjv}")
 for data in ${datasets[@]}; do
     study=koopman_dim_$data
     metrics="val/ppl val/ppl_koopman perf/step_ms"
-    [ "$data" = synthetic ] && metrics="val/ppl val/ppl_koopman val/ppl_floor perf/step_ms"
-    python -m kbk.run -m hparams_search=koopman_dim_grid hydra.sweeper.study_name=$study \
+    [ "$data" = synthetic ] && metrics="val/ppl val/ppl_koopman val/loss_above_floor val/loss_koopman_above_floor perf/step_ms"
+    sweep hparams_search=koopman_dim_grid hydra.sweeper.study_name=$study \
         koopman.dim=16,64,256,1024 seed=0,1,2 data=$data model=tiny trainer.max_steps=400 trainer.eval_every=100
     python -m kbk.report --sweep $study --baseline koopman.dim=64 --metric $metrics \
         --question "Does koopman_dim (16, 64 = d_model, 256, 1024) change the standard or the Koopman-mode validation perplexity, the per-layer Koopman-only vs skip-only perplexity, the one-step error or the step time of the tiny model after 400 steps on data=$data?" \

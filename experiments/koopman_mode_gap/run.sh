@@ -12,8 +12,7 @@
 # Re-running resumes the sweeps (finished trials are kept) and rewrites the reports.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-# One torch thread per trial (two sweeps side by side on 2 cores; see experiments/baselines/run.sh for why).
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+source experiments/study.sh  # one torch thread per trial; REPORT_ONLY=1 rewrites the reports only
 here=experiments/koopman_mode_gap
 datasets=("${@:-synthetic kjv}")
 for data in ${datasets[@]}; do
@@ -24,8 +23,8 @@ done
 for data in ${datasets[@]}; do
     study=koopman_mode_gap_$data
     metrics="val/ppl val/ppl_koopman perf/step_ms"
-    [ "$data" = synthetic ] && metrics="val/ppl val/ppl_koopman val/ppl_floor perf/step_ms"
-    python -m kbk.run -m hparams_search=koopman_dim_grid hydra.sweeper.study_name=$study \
+    [ "$data" = synthetic ] && metrics="val/ppl val/ppl_koopman val/loss_above_floor val/loss_koopman_above_floor perf/step_ms"
+    sweep hparams_search=koopman_dim_grid hydra.sweeper.study_name=$study \
         koopman.dim=256 seed=0,1,2 data=$data model=tiny trainer.max_steps=1600 trainer.eval_every=200
     python -m kbk.report --sweep $study --metric $metrics \
         --question "How does the Koopman-mode gap (val/ppl_koopman against val/ppl, each layer alone against skipping it) of the tiny model with koopman_dim 256 evolve over 1600 steps on data=$data?" \

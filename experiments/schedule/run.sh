@@ -11,8 +11,7 @@
 # resumes the sweeps (finished trials are kept) and rewrites the reports.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-# One torch thread per trial (two sweeps side by side on 2 cores; see experiments/baselines/run.sh for why).
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+source experiments/study.sh  # one torch thread per trial; REPORT_ONLY=1 rewrites the reports only
 out=experiments/schedule
 size=(model=tiny data=synthetic trainer.max_steps=400 trainer.eval_every=100 seed=0,1,2)
 metrics=(val/ppl val/ppl_koopman koopman/0/one_step_rel_err koopman/1/one_step_rel_err)
@@ -22,13 +21,13 @@ for part in ${parts[@]}; do
   case $part in
     type_detach)
       study=schedule_detach baseline=schedule.type=linear,koopman.detach_backbone=true
-      python -m kbk.run -m hparams_search=schedule_detach_grid hydra.sweeper.study_name=$study "${size[@]}"
+      sweep hparams_search=schedule_detach_grid hydra.sweeper.study_name=$study "${size[@]}"
       python -m kbk.report --sweep $study --baseline $baseline --metric "${metrics[@]}" \
           --question "Which Koopman loss-weight schedule type (linear, exponential, step, constant), with the backbone detached from the Koopman loss or not, gives the lowest standard and Koopman-mode validation perplexity and one-step error of the tiny model after 400 steps on synthetic data?" \
           --reproduce "bash experiments/schedule/run.sh type_detach" --out $out ;;
     max_weight)
       study=schedule_max_weight baseline=schedule.max_weight=0.1
-      python -m kbk.run -m hparams_search=schedule_max_weight_grid hydra.sweeper.study_name=$study "${size[@]}"
+      sweep hparams_search=schedule_max_weight_grid hydra.sweeper.study_name=$study "${size[@]}"
       python -m kbk.report --sweep $study --baseline $baseline --metric "${metrics[@]}" \
           --question "Does the Koopman loss weight the linear schedule reaches (0.03, 0.1, 0.3) change the standard or Koopman-mode validation perplexity or the one-step error of the tiny model after 400 steps on synthetic data?" \
           --reproduce "bash experiments/schedule/run.sh max_weight" --out $out/max_weight ;;

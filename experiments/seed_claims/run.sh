@@ -12,14 +12,13 @@
 # kept) and rewrites the reports.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-# One torch thread per trial (two sweeps side by side on 2 cores; see experiments/baselines/run.sh for why).
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+source experiments/study.sh  # one torch thread per trial; REPORT_ONLY=1 rewrites the reports only
 datasets=("${@:-synthetic kjv}")
 for data in ${datasets[@]}; do
     study=seed_claims_$data
     metrics="val/ppl val/ppl_koopman perf/step_ms"
-    [ "$data" = synthetic ] && metrics="val/ppl val/ppl_koopman val/ppl_floor perf/step_ms"
-    python -m kbk.run -m hparams_search=seed_claims_grid "hydra.searchpath=[file://experiments/seed_claims/conf]" \
+    [ "$data" = synthetic ] && metrics="val/ppl val/ppl_koopman val/loss_above_floor val/loss_koopman_above_floor perf/step_ms"
+    sweep hparams_search=seed_claims_grid "hydra.searchpath=[file://experiments/seed_claims/conf]" \
         hydra.sweeper.study_name=$study seed=0,1,2 data=$data
     group_by="model.causal koopman.enabled"
     baseline=model.causal=false,koopman.enabled=false

@@ -108,9 +108,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.format == "table" and args.out is None:
         from rich.console import Console
 
+        import shutil
+
         wide = tables.wide(comparison.summary, comparison.group_by, comparison.differences, args.confidence)
-        Console(width=max(100, min(220, 24 * len(wide.columns)))).print(
-            tables.rich_table(wide, comparison.title, caption(comparison)))
+        width = shutil.get_terminal_size((160, 40)).columns
+        console = Console(width=max(width, 100))
+        if tables.text_width(wide) <= console.width or len(comparison.metrics) == 1:
+            console.print(tables.rich_table(wide, comparison.title, caption(comparison)))
+        else:  # side by side the metrics would be squeezed to unreadable stubs: one table per metric
+            for metric, table in tables.per_metric(wide, comparison.group_by, comparison.metrics):
+                console.print(tables.rich_table(table, f"{comparison.title}: {metric}"))
+            console.print(caption(comparison))
     else:
         text = render(comparison, "markdown" if args.format == "table" else args.format)
         if args.out:

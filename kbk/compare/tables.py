@@ -80,6 +80,19 @@ def wide(summary: pd.DataFrame, group_by: Sequence[str], differences: pd.DataFra
     return pd.DataFrame(list(rows.values())).fillna(DASH)
 
 
+def text_width(table: pd.DataFrame) -> int:
+    """Characters a rich table of `table` needs on one line (each column as wide as its longest cell, plus borders)."""
+    return sum(max([len(str(c)), *(len(str(v)) for v in table[c])]) + 3 for c in table.columns) + 1
+
+
+def per_metric(table: pd.DataFrame, group_by: Sequence[str], metrics: Sequence[str]) -> list[tuple[str, pd.DataFrame]]:
+    """The wide table cut into one table per metric (the group's params and n repeated in each): what a terminal
+    shows when every metric side by side would not fit."""
+    keys = [*group_by, "n"]
+    return [(m, table[keys + [c for c in table.columns if c in (f"{m} (mean ± sd)", f"Δ {m}")
+                               or (c.startswith(f"{m} ") and c.endswith(" CI"))]]) for m in metrics]
+
+
 def rich_table(table: pd.DataFrame, title: str, caption: str = ""):
     from rich.table import Table
 

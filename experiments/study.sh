@@ -1,0 +1,13 @@
+# Sourced by every experiments/<study>/run.sh (after it cd's to the repository root).
+#   REPORT_ONLY=1 bash experiments/<study>/run.sh ...   rewrites the reports from the store without running or
+#                                                        resuming any sweep (e.g. after kbk.report changed).
+#   KBK_OUTPUTS=/path/to/outputs                         the store the sweeps write and the reports read.
+# One torch thread per trial: on 2 shared cores, two threads per trial spent most of their time waiting for each
+# other (a trial ran up to 30x slower than its one-thread CPU time), and two sweeps can then run side by side.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+sweep() {  # python -m kbk.run -m "$@", unless REPORT_ONLY is set
+    if [ -z "${REPORT_ONLY:-}" ]; then
+        python -m kbk.run -m "$@"
+    fi
+}
