@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any
 
-from kbk.errors import ConfigError, SettingError, require_choice
+from kbk.errors import ConfigError, SettingError, require, require_choice
 from kbk.koopman.config import DMDConfig, KoopmanConfig
 from kbk.models.config import ARCHITECTURES, ResNetBKConfig, TransformerConfig
 from kbk.training.schedules import ScheduleConfig
@@ -81,9 +81,13 @@ class TrackingConfig:
     uri: str | None = None  # null: SQLite under the outputs folder
     experiment: str = "kbk"
     run_name: str | None = None
+    # MLflow's system-metrics monitor (CPU, memory, disk, network; GPU with nvidia-ml-py) as `system/*` metrics
+    system_metrics: bool = True
+    system_metrics_interval_s: float = 10.0  # seconds between samples (each sample is one logged step)
 
     def __post_init__(self) -> None:
         require_choice(self, "backend", ("mlflow", "none"))
+        require(self, "system_metrics_interval_s", lambda v: v > 0, "a number of seconds > 0")
 
 
 @dataclass

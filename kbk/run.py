@@ -59,6 +59,7 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
     from kbk.errors import TrainingError
     from kbk.files import write_atomic
     from kbk.tracking.resume import checkpoint_folder, continue_logging, read_run_record, resume_point, writes_to
+    from kbk.tracking.run_context import log_run_context
     from kbk.tracking.run_params import redact_files, redacted
     from kbk.training.checkpoint import (
         CheckpointFolderLock,
@@ -113,6 +114,7 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
 
         with tracker:  # train, then log; an exception ends the MLflow run FAILED (KILLED for a stop)
             tracker.install_signal_handlers()
+            log_run_context(tracker, settings, data, resumed=previous is not None)  # dataset inputs, system metrics
             # A resumed run's store catches up with the checkpoint, then skips the steps it holds: no gap, no duplicate.
             trainer.tracker = tracker if previous is None else continue_logging(tracker, trainer.history)
             try:
@@ -233,6 +235,8 @@ def log_artifacts(tracker, shown_cfg: DictConfig, settings, trainer, output_dir:
     if hydra_dir.is_dir():
         tracker.log_artifact(hydra_dir, ".hydra")
     tracker.log_artifact(output_dir / "plots", "plots")
+    if (output_dir / "profile").is_dir():  # debug=profile's trace and table
+        tracker.log_artifact(output_dir / "profile", "profile")
     tracker.log_dict(summary, "summary.json")
     if trainer.epoch_table:
         tracker.log_dict({"epochs": trainer.epoch_table}, "epoch_table.json")

@@ -11,6 +11,8 @@ a run to resume it is `resume.reopen_run`'s.
   stores its artifacts.
 - A run still open when the interpreter exits is ended FAILED, and `end_orphan_run` ends the run a killed process
   left RUNNING: no run stays RUNNING forever after a crash.
+- `monitor_system(interval_s)` samples CPU, memory, disk, network (and GPU) into the run's `system/*` metrics
+  through MLflow's `SystemMetricsMonitor`, until the run ends however it ends.
 """
 
 from __future__ import annotations
@@ -93,6 +95,48 @@ class SignalGuard:
         self.restore()
 
 
+class SystemMetrics:
+    """MLflow's `SystemMetricsMonitor` on run `run_id`, built and started on a thread of its own: building it probes
+    the GPU library and reads the store, which a run's start must not wait for. `stop()` ends the sampling and
+    writes what was sampled; a monitor that is still being built when `stop()` comes is never started."""
+
+    def __init__(self, run_id: str, uri: str, interval_s: float, resumed: bool) -> None:
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._monitor: Any = None
+        self._starter = threading.Thread(target=self._start, args=(run_id, uri, interval_s, resumed), daemon=True,
+                                         name="kbk-system-metrics-start")
+        self._starter.start()
+
+    def _start(self, run_id: str, uri: str, interval_s: float, resumed: bool) -> None:
+        import logging
+
+        from kbk import console
+
+        # Its INFO lines ("Started monitoring system metrics.") would land in every run's console between kbk's own.
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            # resume_logging: a resumed run's samples continue after the steps it already holds
+            monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=resumed,
+                                           tracking_uri=uri)
+        except Exception as e:  # noqa: BLE001 (a missing psutil must not stop training)
+            console.say(f"system metrics off ({describe(e)}): pip install psutil, or set tracking.system_metrics=false")
+            return
+        with self._lock:
+            if not self._stopped:
+                monitor.start()
+                self._monitor = monitor
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.finish()
+
+
 class MlflowTracker(MlflowWriter):
     """One MLflow run behind the `Tracker` protocol, from `start` (or `resume.reopen_run`) to `end`."""
 
@@ -114,6 +158,7 @@ class MlflowTracker(MlflowWriter):
         self._deferring_signals = False
         self.deferred_signal: int | None = None
         self._owner_pid = os.getpid()
+        self._system_metrics: SystemMetrics | None = None
         _open_trackers.add(self)
         if not _atexit_registered:
             atexit.register(_end_open_runs)
@@ -158,6 +203,18 @@ class MlflowTracker(MlflowWriter):
         return cls(client, run.info.run_id, uri=uri, flush_interval_s=flush_interval_s, max_buffered=max_buffered,
                    experiment_id=exp_id, run_name=run.info.run_name)
 
+    def monitor_system(self, interval_s: float = 10.0, resumed: bool = False) -> None:
+        """Sample the machine every `interval_s` seconds into `system/*` metrics (`system/cpu_utilization_percentage`,
+        `system/system_memory_usage_megabytes`, `system/gpu_0_utilization_percentage`, ...) until the run ends;
+        `resumed`: the run already holds samples, so the new ones continue their steps. Returns at once."""
+        if self._system_metrics is None and not self._ended:
+            self._system_metrics = SystemMetrics(self.run_id, self.uri, interval_s, resumed)
+
+    def _stop_system_metrics(self) -> None:
+        if self._system_metrics is not None:
+            monitor, self._system_metrics = self._system_metrics, None
+            monitor.stop()
+
     # -------------------------------------------------------------------------------------------------- end
 
     def mark_pruned(self) -> None:
@@ -181,6 +238,7 @@ class MlflowTracker(MlflowWriter):
             raise ValueError(f"status must be one of {END_STATUSES}, not {status!r}")
         if self._ended:
             return
+        self._stop_system_metrics()  # its last samples land while the run is still RUNNING
         flush_error: TrackingError | None = None
         try:
             self.flush()
@@ -201,6 +259,7 @@ class MlflowTracker(MlflowWriter):
     def detach(self) -> None:
         """Flush and let go of the run without ending it (another process will end it): no signal handling, no
         FAILED at exit."""
+        self._stop_system_metrics()
         self.flush()
         self._let_go()
 

@@ -307,6 +307,11 @@ class MlflowWriter:
         self._check_open()
         self._store(f"log {artifact_file}", self.client.log_dict, self.run_id, dict(data), artifact_file)
 
+    def log_inputs(self, datasets: Iterable[Any]) -> None:
+        """Log MLflow `DatasetInput`s: the run's Dataset column (the store keeps one of each dataset and context)."""
+        self._check_open()
+        self._store("log the dataset inputs", self.client.log_inputs, self.run_id, datasets=list(datasets))
+
     def log_text(self, text: str, artifact_file: str) -> None:
         """Log a string as a file artifact (e.g. the resolved config YAML)."""
         self._check_open()
