@@ -111,14 +111,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         import shutil
 
         wide = tables.wide(comparison.summary, comparison.group_by, comparison.differences, args.confidence)
-        width = shutil.get_terminal_size((160, 40)).columns
-        console = Console(width=max(width, 100))
-        if tables.text_width(wide) <= console.width or len(comparison.metrics) == 1:
-            console.print(tables.rich_table(wide, comparison.title, caption(comparison)))
-        else:  # side by side the metrics would be squeezed to unreadable stubs: one table per metric
+        width = max(100, shutil.get_terminal_size((160, 40)).columns)
+        # A table is never squeezed below its text (rich would cut cells to stubs): too wide for the terminal,
+        # it becomes one table per metric, each as wide as it needs.
+        if tables.text_width(wide) <= width or len(comparison.metrics) == 1:
+            Console(width=max(width, tables.text_width(wide))).print(
+                tables.rich_table(wide, comparison.title, caption(comparison)))
+        else:
             for metric, table in tables.per_metric(wide, comparison.group_by, comparison.metrics):
-                console.print(tables.rich_table(table, f"{comparison.title}: {metric}"))
-            console.print(caption(comparison))
+                Console(width=max(width, tables.text_width(table))).print(
+                    tables.rich_table(table, f"{comparison.title}: {metric}"))
+            print(caption(comparison))
     else:
         text = render(comparison, "markdown" if args.format == "table" else args.format)
         if args.out:
