@@ -459,7 +459,9 @@ class HybridTrainer:
 
     def _evaluate_and_report(self) -> dict[str, float]:
         metrics = self.evaluation_metrics()
-        metrics.update({f"events/{k}": float(v) for k, v in self.events.items()})
+        # Counters once nonzero only: all-zero `events/*` charts would open MLflow's charts tab (its sections sort by
+        # name, before train/ and val/); summary.json still holds every counter.
+        metrics.update({f"events/{k}": float(v) for k, v in self.events.items() if v})
         self._log(metrics)
         self.last_eval = (self.step, metrics)
         for callback in self.callbacks:
