@@ -196,11 +196,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sweep", required=True, help="the sweep's study name (tag kbk.sweep)")
     p.add_argument("--group-by", nargs="*", default=[], help="params that make a group (default: none, one group)")
-    p.add_argument("--uri", default=f"sqlite:///{ROOT / 'outputs' / 'mlflow.db'}")
+    p.add_argument("--uri", help="tracking URI (default: the SQLite store under outputs/, or $KBK_OUTPUTS)")
     p.add_argument("--out", required=True, help="folder for README.md and gap.png")
     p.add_argument("--no-checkpoints", action="store_true", help="skip the whole-stack pass over the checkpoints")
     p.add_argument("--command", help="the command to print as this report's reproduction line")
     args = p.parse_args(argv)
+    from kbk.compare.select import tracking_uri
+
+    args.uri = tracking_uri(args.uri)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     keys = args.group_by

@@ -22,8 +22,8 @@ for data in ${datasets[@]}; do
 done
 for data in ${datasets[@]}; do
     study=koopman_mode_gap_$data
-    metrics="val/ppl val/ppl_koopman perf/step_ms"
-    [ "$data" = synthetic ] && metrics="val/ppl val/ppl_koopman val/loss_above_floor val/loss_koopman_above_floor perf/step_ms"
+    metrics="val/ppl val/ppl_koopman"
+    [ "$data" = synthetic ] && metrics="val/ppl val/ppl_koopman val/loss_above_floor val/loss_koopman_above_floor"
     sweep hparams_search=koopman_dim_grid hydra.sweeper.study_name=$study \
         koopman.dim=256 seed=0,1,2 data=$data model=tiny trainer.max_steps=1600 trainer.eval_every=200
     python -m kbk.report --sweep $study --metric $metrics \
