@@ -194,8 +194,8 @@ def test_sweep_trials_default_to_none_after_finish_unless_the_sweep_sets_it():
 def test_a_sweeps_finished_trials_leave_no_checkpoint(tmp_path, mlflow_store):
     outputs = tmp_path / "outputs"
     mlflow_store(outputs)
-    proc = subprocess.run(kbk_command(["-m", "hydra/sweeper=kbk_optuna", "hydra/sweeper/sampler=grid",
-                                       "koopman.dim=8,16", "hydra.sweeper.study_name=keep", *TINY,
+    proc = subprocess.run(kbk_command(["-m", "hydra/sweeper=kbk_optuna", "hydra/sweeper/sampler=grid", *TINY,
+                                       "koopman.dim=8,16", "hydra.sweeper.study_name=keep",
                                        f"paths.outputs={outputs}"]),
                           capture_output=True, text=True, env=clean_env(), cwd=PROJECT_ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -148,6 +148,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path,
     assert_same_as_uninterrupted(outputs, uninterrupted, "SIGKILL")
     assert mlflow_runs(outputs / "mlflow.db")[0].info.run_id == killed.info.run_id
     assert json.loads((checkpoint.parent / "run.json").read_text())["run_id"] == killed.info.run_id
+    assert latest_checkpoint(outputs) == checkpoint  # the resumed run wrote on where its checkpoint was
 
 
 @pytest.mark.slow
