@@ -223,6 +223,7 @@ def plot_differences(differences: pd.DataFrame, group_by: Sequence[str], metrics
             ax.errorbar([rec["diff"]], [y], xerr=err, fmt="o", capsize=4, color=color, ms=7,
                         mfc=color if finding else "white", mew=1.5)
         ax.axvline(0.0, color="0.3", lw=1, ls="--")
+        ax.locator_params(axis="x", nbins=5)  # long tick labels (-0.0075) of narrow panels otherwise run together
         ax.set_xlabel(f"Δ {metric}")
         ax.grid(True, axis="x", alpha=0.3)
     axes[0].set_yticks(pos, labels)
