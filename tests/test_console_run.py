@@ -80,3 +80,17 @@ def test_a_tracked_run_names_its_run_and_store_and_the_mlflow_ui_command(tmp_pat
     assert run.data.tags["kbk.output_dir"] == folder
     command = value_after(lines, f"MLflow run {run_id}: ")
     assert shlex.split(command.split("#")[0]) == ["mlflow", "ui", "--backend-store-uri", f"sqlite:///{db}"]
+
+
+def test_the_next_commands_are_pasteable_and_carry_no_password():
+    from kbk import console
+    from kbk.paths import PROJECT_ROOT
+
+    assert console.mlflow_ui_hint("http://ana:s3cret@mlflow.lab:5000") == "open http://ana:***@mlflow.lab:5000"
+    spaced = "sqlite:////data/my runs/mlflow.db"
+    command = console.mlflow_ui_hint(spaced).split("  #")[0]
+    assert shlex.split(command) == ["mlflow", "ui", "--backend-store-uri", spaced]
+    default = f"sqlite:///{(PROJECT_ROOT / 'outputs').resolve() / 'mlflow.db'}"  # what kbk.compare reads unasked
+    assert console.compare_command(default, "kbk", sweep="my study") == "python -m kbk.compare --sweep 'my study'"
+    assert console.compare_command("postgresql://u:pw@db/mlflow", "lab", parent="abc") == (
+        "python -m kbk.compare --parent abc --uri 'postgresql://u:***@db/mlflow' --experiment lab")
