@@ -258,4 +258,11 @@ def objective(metric: Any, summary: dict[str, Any]) -> float | list[float]:
 
 
 if __name__ == "__main__":
+    from kbk.defaults_check import check
+
+    try:  # before Hydra reads a preset whose `override /koopman: off` YAML turned into a boolean
+        check(sys.argv[1:], CONF_DIR)
+    except KbkError as exc:
+        print(f"kbk: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     main()
