@@ -37,14 +37,14 @@ def one_try(offset_s: float, outputs: Path) -> dict:
     time.sleep(offset_s)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_after_checkpoint = any(outputs.glob("checkpoints/*/last.pt"))
+    killed_after_checkpoint = any(outputs.glob("runs/*/*/checkpoints/last.pt"))  # in the run's folder
     resumed = subprocess.run([*command, "trainer.resume=true"], cwd=ROOT, env=ENV, capture_output=True, text=True,
                              timeout=600)
     client = MlflowClient(f"sqlite:///{outputs / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("kbk").experiment_id])
     return {"offset_s": offset_s, "checkpoint_before_resume": killed_after_checkpoint,
             "resume_exit": resumed.returncode, "statuses": sorted(r.info.status for r in runs),
-            "partial_left": any(outputs.glob("checkpoints/*/.*.tmp")),
+            "partial_left": any(outputs.glob("runs/*/*/checkpoints/.*.tmp")),
             "said": "no checkpoint of this config" in resumed.stdout or "resuming" in resumed.stdout}
 
 
