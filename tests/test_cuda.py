@@ -1,6 +1,6 @@
-"""The GPU path (`trainer.device=auto` on a CUDA machine): every parameter, buffer and DMD state on the GPU, a checkpoint
-that resumes there (its RNG states go back to the CPU generators), bf16 autocast, and the BK-Core in complex64 on
-CUDA against the same computation on the CPU. Skipped where torch sees no CUDA device (kbk's CI machines)."""
+"""The GPU path (`trainer.device=auto` on a CUDA machine): every parameter, buffer and DMD state on the GPU, a
+checkpoint that resumes there (its RNG states go back to the CPU generators), bf16 autocast, and the BK-Core in
+complex64 on CUDA against the same computation on the CPU. Skipped where torch sees no CUDA device (kbk's CI)."""
 
 from __future__ import annotations
 
