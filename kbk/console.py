@@ -77,8 +77,9 @@ def phase(message: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ the config
 
-#: The flattened config this process printed in full (a sweep's first trial); later trials print what differs.
-_printed: dict[str, str] | None = None
+#: The sweep folder and flattened config of the sweep trial this process printed in full (its first); later trials
+#: of that sweep print what differs.
+_printed: tuple[Path, dict[str, str]] | None = None
 
 
 def shown_config(cfg: DictConfig) -> dict[str, Any]:
@@ -100,20 +101,22 @@ def shown_config(cfg: DictConfig) -> dict[str, Any]:
     return shown
 
 
-def print_config(cfg: DictConfig, sweep: bool = False) -> None:
-    """The resolved config as YAML, once per command: in a sweep, the first trial's in full and later trials'
-    as what differs from it. Printing only: the config, its hash and what is stored are untouched."""
+def print_config(cfg: DictConfig, sweep_dir: Path | None = None) -> None:
+    """The resolved config as YAML, once per command: in the sweep writing to `sweep_dir`, the first trial's in
+    full and later trials' as what differs from it. Printing only: the config, its hash and what is stored are
+    untouched."""
     global _printed
     from kbk.tracking.run_params import flatten
 
     shown = shown_config(cfg)
     flat = flatten(shown)
-    if sweep and _printed is not None:
-        changed = [f"{k}={v}" for k, v in flat.items() if _printed.get(k) != v]
-        changed += [f"~{k}" for k in _printed if k not in flat]
+    if sweep_dir is not None and _printed is not None and _printed[0] == sweep_dir:
+        first = _printed[1]
+        changed = [f"{k}={v}" for k, v in flat.items() if first.get(k) != v]
+        changed += [f"~{k}" for k in first if k not in flat]
         say("config: as printed above" + (f", except {' '.join(changed)}" if changed else ""))
         return
-    _printed = flat if sweep else None
+    _printed = (sweep_dir, flat) if sweep_dir is not None else None
     say("config:\n" + OmegaConf.to_yaml(shown).rstrip())
 
 

@@ -78,7 +78,7 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
             settings = settings_of(cfg)
             seed_everything(settings.seed)
             run_hash = identity.run_hash(cfg)
-            console.print_config(redacted(cfg, secrets), sweep=sweep)
+            console.print_config(redacted(cfg, secrets), sweep_dir=output_dir.parent if sweep else None)
             data = build.corpus(settings)
             train_batches, val_batches = build.batches(settings, data)
             model = build.model(settings, data.vocab_size)

@@ -39,13 +39,15 @@ def test_enums_are_their_values_and_printing_changes_neither_the_config_nor_its_
     assert identity.run_hash(cfg) == before and str(cfg) == yaml_before
 
 
-def test_a_sweeps_later_trials_print_only_what_differs_from_the_first(caplog):
+def test_a_sweeps_later_trials_print_only_what_differs_from_the_first(caplog, tmp_path):
     first, second = compose_kbk(["koopman.dim=16"]), compose_kbk(["koopman.dim=64", "data.n_states=8"])
     with caplog.at_level(logging.INFO, logger="kbk"):
-        console.print_config(first, sweep=True)
-        console.print_config(second, sweep=True)
-        console.print_config(first, sweep=True)
-    full, changed, same = (r.getMessage() for r in caplog.records[-3:])
+        console.print_config(first, sweep_dir=tmp_path / "sweep")
+        console.print_config(second, sweep_dir=tmp_path / "sweep")
+        console.print_config(first, sweep_dir=tmp_path / "sweep")
+        console.print_config(second, sweep_dir=tmp_path / "next sweep")  # another command in this process
+    full, changed, same, next_full = (r.getMessage() for r in caplog.records[-4:])
     assert full.startswith("config:\nmodel:\n") and "  dim: 16\n" in full
     assert changed == "config: as printed above, except koopman.dim=64 data.n_states=8"
     assert same == "config: as printed above"
+    assert next_full.startswith("config:\nmodel:\n") and "  dim: 64\n" in next_full
