@@ -70,6 +70,11 @@ def batches(cfg: KbkConfig, data: Corpus) -> tuple[TokenBatches, TokenBatches]:
 def model(cfg: KbkConfig, vocab_size: int) -> torch.nn.Module:
     net = _model(cfg, vocab_size)
     console.phase(f"model {cfg.model.arch}: {sum(p.numel() for p in net.parameters()):,} parameters")
+    if cfg.trainer.compile:
+        # In place (nn.Module.compile): the state dict keeps its keys, so checkpoints load either way. Compiling
+        # happens at the first forward of each mode (minutes on a CPU); the BK-Core's complex ops stay eager.
+        net.compile()
+        console.phase("model compiled with torch.compile (trainer.compile=true): the first steps compile it")
     return net
 
 

@@ -197,6 +197,7 @@ def load_trained(target: str, device: str = "auto", config: str | None = None, u
             checkpoint = Path(f"runs:/{run_id}/checkpoints/last.pt")  # where it came from, not the deleted copy
     settings = load_settings(cfg_path)
     settings.trainer.device = device
+    settings.trainer.compile = False  # compiling would cost minutes for one pass over the splits
     with contextlib.redirect_stdout(sys.stderr):  # start-up lines are progress, not results: stdout stays parseable
         corpus = build.corpus(settings)
         model = build.model(settings, corpus.vocab_size)

@@ -52,6 +52,7 @@ class TrainerConfig:
     precision: str = "fp32"  # "fp32" | "bf16" (autocast of forward and loss on CPU and CUDA)
     # Once the run has finished: keep last.pt (and best.pt), best.pt only, or no checkpoint (kbk's sweeps' default).
     keep_checkpoint: str = "last"
+    compile: bool = False  # torch.compile the model (nn.Module.compile); docs/gpu.md says when it pays
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "log_every", "max_nan_steps"):
