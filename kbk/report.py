@@ -31,32 +31,50 @@ DIAGNOSTICS = ("val_ppl_koopman_only", "val_ppl_skip_only", "one_step_rel_err", 
 END_REASON = "tags.kbk.end_reason"
 
 
-def sweep_selection(uri: str | None, experiment: str, sweep: str) -> Selection:
-    selection = select(uri, experiment, sweep=sweep, status=None)
-    if selection.runs.empty and selection.parents.empty:
-        raise KbkError(f"no sweep {sweep!r} in experiment {experiment!r} at {selection.uri}: run it first "
-                       f"(python -m kbk.run -m hparams_search=...), or check --uri/--experiment")
-    if (selection.runs["status"] == "FINISHED").sum() == 0 if not selection.runs.empty else True:
-        raise KbkError(f"sweep {sweep!r} has no finished trials yet: nothing to report (rerun its command to "
-                       f"finish it)")
-    return selection
+def sweep_selection(uri: str | None, experiment: str, sweeps: str | Sequence[str]) -> Selection:
+    """The runs and parents of one sweep, or of several reported as one study (e.g. a grid run in two parts)."""
+    sweeps = [sweeps] if isinstance(sweeps, str) else list(sweeps)
+    parts = []
+    for sweep in sweeps:
+        selection = select(uri, experiment, sweep=sweep, status=None)
+        if selection.runs.empty and selection.parents.empty:
+            raise KbkError(f"no sweep {sweep!r} in experiment {experiment!r} at {selection.uri}: run it first "
+                           f"(python -m kbk.run -m hparams_search=...), or check --uri/--experiment")
+        parts.append(selection)
+    runs = pd.concat([s.runs for s in parts], ignore_index=True)
+    parents = pd.concat([s.parents for s in parts if not s.parents.empty], ignore_index=True) \
+        if any(not s.parents.empty for s in parts) else parts[0].parents
+    if runs.empty or (runs["status"] == "FINISHED").sum() == 0:
+        raise KbkError(f"sweep {' + '.join(map(repr, sweeps))} has no finished trials yet: nothing to report "
+                       f"(rerun its command to finish it)")
+    return Selection(runs, parents, parts[0].uri, experiment)
 
 
-def planned_note(parent: pd.Series | None, counts: dict[str, int]) -> str:
-    """'**Partial: 9 of 24 trials ended.** ' when the sweep's budget (its parent's `kbk.n_trials`) is not spent:
-    a report of a sweep still running (or stopped) must say that groups may be missing."""
-    planned = pd.to_numeric(parent.get("tags.kbk.n_trials"), errors="coerce") if parent is not None else None
-    ended = sum(counts.get(s, 0) for s in ("FINISHED", "KILLED", "FAILED"))
-    if planned is None or pd.isna(planned) or ended >= planned:
+def planned_note(parents: pd.DataFrame | pd.Series | None, counts: dict[str, int]) -> str:
+    """'**Partial: 9 of 24 trials ended.** ' when the sweeps' budget (their parents' `kbk.n_trials`, summed) is not
+    spent: a report of a sweep still running (or stopped) must say that groups may be missing."""
+    if parents is None:
         return ""
-    return (f"**Partial: {ended} of {int(planned)} trials ended** ({int(planned) - ended} still to run: rerun the "
+    frame = parents.to_frame().T if isinstance(parents, pd.Series) else parents
+    budgets = pd.to_numeric(frame.get("tags.kbk.n_trials", pd.Series(dtype=object)), errors="coerce")
+    ended = sum(counts.get(s, 0) for s in ("FINISHED", "KILLED", "FAILED"))
+    if budgets.empty or budgets.isna().any() or ended >= budgets.sum():
+        return ""
+    planned = int(budgets.sum())
+    return (f"**Partial: {ended} of {planned} trials ended** ({planned - ended} still to run: rerun the "
             f"sweep's command to finish it). ")
 
 
-def _parent(selection: Selection) -> pd.Series | None:
+def _parents(selection: Selection) -> pd.DataFrame:
+    """The latest parent run of each sweep in `selection` (one row per sweep)."""
     if selection.parents.empty:
-        return None
-    return selection.parents.sort_values("start_time").iloc[-1]
+        return selection.parents
+    ordered = selection.parents.sort_values("start_time")
+    if "tags.kbk.sweep" in ordered:
+        ordered = ordered.drop_duplicates("tags.kbk.sweep", keep="last")
+    else:
+        ordered = ordered.iloc[[-1]]
+    return ordered.reset_index(drop=True)
 
 
 def _cell(value: object) -> str:
@@ -137,7 +155,7 @@ def write_report(selection: Selection, comparison: Comparison, out: Path, *, swe
     from kbk.compare.plots import plot_differences, plot_metrics
 
     out.mkdir(parents=True, exist_ok=True)
-    parent = _parent(selection)
+    parents = _parents(selection)
     runs = selection.runs
     counts = runs["status"].value_counts().to_dict()
     finished = comparison.runs
@@ -152,21 +170,21 @@ def write_report(selection: Selection, comparison: Comparison, out: Path, *, swe
                          f"sweep {sweep}", ", ".join(f"{k}={v}" for k, v in comparison.baseline.items()),
                          comparison.confidence)
     if reproduce is None:
-        reproduce = _cell(parent.get("tags.kbk.command")) if parent is not None else "—"
+        reproduce = "; ".join(_cell(c) for c in parents.get("tags.kbk.command", pd.Series(dtype=object))) or "—"
     ns = sorted({int(n) for n in comparison.summary["n"]})
     lines = [f"# Study: {sweep}", ""]
     swept = ", ".join(f"`{k}`" for k in comparison.group_by) or "nothing"
     lines += [question or f"How do {', '.join(f'`{m}`' for m in comparison.metrics)} change with {swept}?", ""]
     lines += ["| | |", "|---|---|",
-              f"| Trials | {planned_note(parent, counts)}{counts.get('FINISHED', 0)} finished, "
+              f"| Trials | {planned_note(parents, counts)}{counts.get('FINISHED', 0)} finished, "
               f"{counts.get('KILLED', 0)} pruned or killed, "
               f"{counts.get('FAILED', 0)} failed; n = {'–'.join(map(str, (ns[0], ns[-1]))) if len(ns) > 1 else ns[0]}"
               f" per group (seeds) |",
               f"| Reproduce the sweep | `{reproduce}` |",
               f"| Code | {', '.join(f'`{c[:12]}`' for c in commits) or '—'}"
               f"{' (uncommitted changes)' if dirty else ''} |",
-              f"| Store | `{selection.uri}`, experiment `{selection.experiment}`, parent run "
-              f"`{_cell(parent['run_id']) if parent is not None else '—'}` |",
+              f"| Store | `{selection.uri}`, experiment `{selection.experiment}`, parent run"
+              f"{'s' if len(parents) > 1 else ''} {', '.join(f'`{r}`' for r in parents.get('run_id', [])) or '—'} |",
               f"| This report | `{command}` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC) |", ""]
     lines += ["## Results", "",
               f"Final value of each metric per group: mean ± sample sd over seeds and the "
@@ -201,21 +219,21 @@ def write_report(selection: Selection, comparison: Comparison, out: Path, *, swe
 
 
 def log_on_parent(selection: Selection, out: Path) -> str | None:
-    """The report as artifacts (`report/`) of the sweep's parent run; the run's status is left as it is."""
+    """The report as artifacts (`report/`) of each sweep's parent run; the runs' status is left as it is."""
     from mlflow import MlflowClient
 
-    parent = _parent(selection)
-    if parent is None:
-        return None
-    MlflowClient(selection.uri).log_artifacts(parent["run_id"], str(out), "report")
-    return str(parent["run_id"])
+    parents = _parents(selection)
+    for run_id in parents.get("run_id", []):
+        MlflowClient(selection.uri).log_artifacts(run_id, str(out), "report")
+    return ", ".join(parents.get("run_id", [])) or None
 
 
 @command_line("kbk.report")
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kbk.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sweep", required=True, help="the sweep's study name (tag kbk.sweep)")
+    p.add_argument("--sweep", required=True, nargs="+",
+                   help="the sweep's study name (tag kbk.sweep); several: one study run as several sweeps")
     p.add_argument("--out", type=Path, help="folder for README.md and the plots (default: outputs/reports/<sweep>)")
     p.add_argument("--baseline", help="group the others are compared to, e.g. koopman.dim=256")
     p.add_argument("--metric", nargs="+", help="metrics (default: val/ppl val/ppl_koopman)")
@@ -231,12 +249,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kbk.paths import outputs_dir
 
     selection = sweep_selection(args.uri, args.experiment, args.sweep)
+    name = " + ".join(args.sweep)
     finished = labelled(selection.runs[selection.runs["status"] == "FINISHED"].reset_index(drop=True), selection,
-                        args.sweep)
+                        name)
     comparison = compare_runs(finished, args.group_by, args.metric, args.baseline, args.confidence)
-    out = args.out or outputs_dir() / "reports" / args.sweep
+    out = args.out or outputs_dir() / "reports" / "+".join(args.sweep)
     command = " ".join(["python -m kbk.report", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
-    path = write_report(selection, comparison, out, sweep=args.sweep, question=args.question, command=command,
+    path = write_report(selection, comparison, out, sweep=name, question=args.question, command=command,
                         reproduce=args.reproduce)
     print(f"wrote {path}")
     if not args.no_log:

@@ -89,3 +89,30 @@ def test_differences_plot_marks_findings_only(tmp_path):
     finding = plot_differences(frame(2.0, 4.0), ["koopman.dim"], ["val/ppl"], tmp_path / "f.png", "s", "dim=256")
     none = plot_differences(frame(-2.0, 4.0), ["koopman.dim"], ["val/ppl"], tmp_path / "n.png", "s", "dim=256")
     assert _red_pixels(finding) > 50 and _red_pixels(none) == 0
+
+
+def test_one_study_run_as_two_sweeps_is_one_report_logged_on_both_parents(tmp_path):
+    from sweep_store import _run
+
+    uri, first = build_store(tmp_path / "store")
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("kbk").experiment_id
+    second = client.create_run(exp, run_name="sweep-more", tags={"kbk.role": "sweep", "kbk.sweep": "more",
+                                                                  "kbk.command": "second command",
+                                                                  "kbk.n_trials": "3"}).info.run_id
+    client.log_param(second, "sweep.params.koopman.dim", "CategoricalDistribution(choices=(2048,))")
+    for seed, ppl in ((0, 170.0), (1, 168.0)):
+        _run(client, exp, f"more-{seed}", {"koopman.dim": "2048", "seed": seed, "model.d_model": "64"},
+             {"val/ppl": ppl}, {"kbk.role": "trial", "kbk.sweep": "more", "mlflow.parentRunId": second})
+    out = tmp_path / "report"
+    assert main(["--uri", uri, "--sweep", "grid", "more", "--baseline", "koopman.dim=256", "--metric", "val/ppl",
+                 "--out", str(out)]) == 0
+    text = (out / "README.md").read_text()
+    assert text.startswith("# Study: grid + more\n")
+    assert "| 2048 | 2 | 169.0 ± 1.4 |" in text and "| 128 | 2 | 198.0 ± 2.8 |" in text
+    # 2048 − 256 paired over seeds 0, 1: (170 − 190, 168 − 187) = (−20, −19)
+    assert "**koopman.dim=2048** vs koopman.dim=256: val/ppl -19.5" in text
+    assert "**Partial:" not in text  # the first sweep's budget is unknown: no total to be partial of
+    assert f"`{COMMAND}; second command`" in text
+    for pid in (first, second):
+        assert {a.path for a in client.list_artifacts(pid, "report")} >= {"report/README.md"}
