@@ -4,7 +4,8 @@
 # dmd_ownership_grid) × dmd.buffer_size, in two sweeps so that the extreme buffers come first:
 #   extremes: buffers 20 and 2000 (18 trials) against buffer 2000, both    → experiments/dmd/extremes/README.md
 #   middle:   buffers 100 and 500 (18 trials) against the defaults (100, both) → experiments/dmd/middle/README.md
-#   bash experiments/dmd/run.sh                  # both parts
+#   bash experiments/dmd/run.sh                  # both parts, then the whole grid in one report
+#                                                #   (all four buffers against the defaults) → experiments/dmd/README.md
 #   bash experiments/dmd/run.sh middle           # one part
 # The reports' per-layer tables hold the DMD acceptance (dmd_accept_rate) and the drift of K (drift_rel). About 4
 # min a trial on 2 CPU cores shared with other sweeps. Re-running it resumes the sweeps (finished trials are
@@ -16,6 +17,7 @@ size=(model=tiny data=synthetic trainer.max_steps=400 trainer.eval_every=100 see
 metrics=(val/ppl val/ppl_koopman koopman/0/one_step_rel_err koopman/1/one_step_rel_err
          koopman/0/drift_rel koopman/1/drift_rel)
 parts=("${@:-extremes middle}")
+whole=$([ $# -eq 0 ] && echo yes || echo no)  # both parts asked for: the combined report too
 
 for part in ${parts[@]}; do
   case $part in
@@ -31,3 +33,9 @@ for part in ${parts[@]}; do
       --reproduce "bash experiments/dmd/run.sh $part" --out experiments/dmd/$part
   python -m kbk.compare --sweep $study --metric "${metrics[@]}" --baseline $baseline
 done
+if [ "$whole" = yes ]; then
+  python -m kbk.report --sweep dmd_ownership_extremes dmd_ownership_middle \
+      --baseline dmd.buffer_size=100,koopman.operator_update=both --metric "${metrics[@]}" \
+      --question "Which DMD buffer size (20, 100, 500, 2000) and which owner of the Koopman operator (gradient, DMD, both) give the lowest standard and Koopman-mode validation perplexity and one-step error of the tiny model after 400 steps on synthetic data, how often does DMD accept its estimate and how far does K drift? (Both parts of the grid, against kbk's defaults.)" \
+      --reproduce "bash experiments/dmd/run.sh" --out experiments/dmd
+fi
