@@ -77,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.yes:
         doomed = [item for item in doomed if remove(item)]
     report(outputs, items, doomed, done=args.yes)
+    if max_age is None:  # run folders are candidates only by age: say what they hold in all
+        folders = list(run_folders(outputs))
+        print(f"run folders: {len(folders)}, {human(sum(size_of(f) for f in folders))} in all, checkpoints and "
+              f"traces included (--older-than AGE deletes those last written longer ago)")
     return 0
 
 

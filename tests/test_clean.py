@@ -87,6 +87,8 @@ def test_a_dry_run_lists_what_would_go_and_what_stays_and_deletes_nothing(output
              outputs / "runs/finished/profile", older / "last.pt"]
     size = sum(p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*")) for p in going)
     assert f"total: {human(size)} would be deleted (3 items)" in text
+    folders = sum(f.stat().st_size for f in (outputs / "runs").rglob("*") if f.is_file())
+    assert f"run folders: 4, {human(folders)} in all" in text
 
 
 def test_yes_deletes_finished_checkpoints_and_traces_but_not_what_a_run_needs(outputs, live, capsys):
