@@ -46,9 +46,9 @@ PROBE_KEYS = ("train/loss_lm", "val/loss", "epoch/loss_lm")
 
 def write_run_record(index: Path, checkpoints: Path, run_id: str | None, output_dir: Path) -> None:
     """`run.json` beside a run's checkpoints (the MLflow run that a resume continues, or that a later start ends; its
-    run folder; its config hash) and in its config's index folder (the same, and where the checkpoints are, relative
-    to the index so that a moved outputs folder still resumes). The checkpoints' own record is written first: the
-    index never points at a folder without one."""
+    run folder; its config hash) and in its config's index folder (that run and folder, and where the checkpoints
+    are, relative to the index so that a moved outputs folder still resumes). The checkpoints' own record is
+    written first: the index never points at a folder without one."""
     record = {"run_id": run_id, "output_dir": str(output_dir)}
     if checkpoints.resolve() != index.resolve():  # (a store from before run folders has them in one folder)
         write_atomic(checkpoints / RUN_RECORD, json.dumps({**record, "config_hash": index.name}, indent=2))
