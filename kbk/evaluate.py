@@ -121,7 +121,9 @@ def locate_run(run_id: str, config: str | None, uri: str | None, scratch: Path) 
             f"tags), so it has no kbk checkpoint. Fix: pass a checkpoint path and --config"
         )
     cfg_path = config_file(config, output_dir, Path(f"run {run_id}"))
-    folder = checkpoint_folder(outputs_dir(load_settings(cfg_path).paths.outputs) / "checkpoints" / config_hash)
+    own = Path(output_dir) / "checkpoints"  # the run's own, unless it was resumed (then: its config's latest)
+    folder = own if read_run_record(own).get("run_id") == run_id and (own / "last.pt").is_file() else (
+        checkpoint_folder(outputs_dir(load_settings(cfg_path).paths.outputs) / "checkpoints" / config_hash))
     checkpoint = folder / "last.pt"
     if checkpoint.is_file():
         last_writer = read_run_record(folder).get("run_id")

@@ -163,6 +163,19 @@ def test_log_checkpoint_stores_the_checkpoint_in_mlflow_before_the_local_copy_go
     assert run.data.params["trainer.keep_checkpoint"] == "none_after_finish"
 
 
+def test_evaluating_a_run_id_takes_that_runs_own_checkpoint_not_a_later_runs(tmp_path, mlflow_store):
+    from kbk.evaluate import locate
+
+    outputs = tmp_path / "outputs"
+    db = mlflow_store(outputs)
+    for name in ("first", "second"):  # the same config twice: each run keeps its own checkpoint
+        run_in_process([*TINY, f"paths.outputs={outputs}"], outputs / "runs" / name, write_hydra_dir=True)
+    first, second = mlflow_runs(db)
+    for run, name in ((first, "first"), (second, "second")):
+        checkpoint, _, _ = locate(run.info.run_id, None, f"sqlite:///{db}", tmp_path / "scratch")
+        assert checkpoint == outputs / "runs" / name / "checkpoints" / "last.pt"
+
+
 def test_keep_checkpoint_leaves_the_config_hash_as_it_was():
     default = identity.run_hash(compose_kbk(TINY))
     assert all(identity.run_hash(compose_kbk([*TINY, f"trainer.keep_checkpoint={keep}", "trainer.save_best=true"]))
