@@ -6,8 +6,9 @@ Koopman mode, with the layer-by-layer table (one layer at a time in Koopman mode
     python -m kbk.evaluate path/to/last.pt --config outputs/runs/kbk/<time>/     # a checkpoint moved elsewhere
 
 The model is rebuilt from the config it was trained with: the `.hydra/config.yaml` of the run folder that the
-checkpoint folder's `run.json` names (a run id: its `kbk.output_dir` tag, and its checkpoint is its config's
-latest, found through `<outputs>/checkpoints/<kbk.config_hash>/`, else a logged `checkpoints/last.pt` artifact).
+checkpoint folder's `run.json` names (a run id: its `kbk.output_dir` tag, and its checkpoint is the one in that run
+folder, else its config's latest, found through `<outputs>/checkpoints/<kbk.config_hash>/`, else a logged
+`checkpoints/last.pt` artifact).
 The data is rebuilt from that config too, so the vocabulary is the training one (read from the tokenised-data
 cache). The numbers come from the trainer's own evaluation code over every window of a split, so `val` equals the
 training run's final `val/loss` when that run evaluated all of its validation batches.
