@@ -12,7 +12,7 @@ within-run difference, so each seed is paired with itself):
    first `trainer.layerwise_tokens` validation tokens): skip-only − Koopman-only (> 0: the Koopman layer beats
    skipping the layer) and Koopman-only − standard on the same tokens (`koopman/layerwise_val_ppl`).
 3. The whole stack at the final checkpoint: the trainer logs no "skip every layer" perplexity, so each trial's
-   final checkpoint (outputs/checkpoints/<config hash>/last.pt, loaded by kbk.evaluate.load_trained) is
+   final checkpoint (<trial folder>/checkpoints/last.pt, loaded by kbk.evaluate.load_trained) is
    evaluated here on the whole validation split with every block standard, every block in Koopman mode and every
    block skipped (the embeddings straight into the head), with the trainer's own `evaluate`. A checkpoint
    overwritten by a later run of the same config is reported and left out (`--no-checkpoints` skips this part).

@@ -8,7 +8,7 @@
 # 2. One longer sweep per dataset: koopman.dim=256 (the default) × seeds 0, 1, 2 at model=tiny, 1600 steps,
 #    evaluated every 200 (study koopman_mode_gap_<dataset>), reported by kbk.report and by gap.py.
 # gap.py reads the MLflow store and the trials' final checkpoints (for "skip every layer", which the trainer does
-# not log). The kjv corpus must be prepared once: python experiments/data/kjv.py
+# not log): the sweeps keep them (trainer.keep_checkpoint=last; kbk's sweep trials drop theirs by default). The kjv corpus must be prepared once: python experiments/data/kjv.py
 # Re-running resumes the sweeps (finished trials are kept) and rewrites the reports.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,7 +24,7 @@ for data in ${datasets[@]}; do
     study=koopman_mode_gap_$data
     metrics="val/ppl val/ppl_koopman"
     [ "$data" = synthetic ] && metrics="val/ppl val/ppl_koopman val/loss_above_floor val/loss_koopman_above_floor"
-    sweep hparams_search=koopman_dim_grid hydra.sweeper.study_name=$study \
+    sweep hparams_search=koopman_dim_grid hydra.sweeper.study_name=$study trainer.keep_checkpoint=last \
         koopman.dim=256 seed=0,1,2 data=$data model=tiny trainer.max_steps=1600 trainer.eval_every=200
     python -m kbk.report --sweep $study --metric $metrics \
         --question "How does the Koopman-mode gap (val/ppl_koopman against val/ppl, each layer alone against skipping it) of the tiny model with koopman_dim 256 evolve over 1600 steps on data=$data?" \
