@@ -81,6 +81,25 @@ def test_a_killed_run_stops_its_monitor_and_a_resumed_one_continues_its_steps(tm
     assert later[: len(steps)] == steps and later[len(steps)] == steps[-1] + 1  # continued, no step written twice
 
 
+def test_the_monitor_is_built_off_the_callers_thread(tmp_path, monkeypatch):
+    """Building MLflow's monitor probes the GPU library and reads the store: never on the run's start-up path."""
+    from mlflow.system_metrics import system_metrics_monitor
+
+    built_on: list[str] = []
+    real_init = system_metrics_monitor.SystemMetricsMonitor.__init__
+
+    def recording_init(self, *args, **kwargs):
+        built_on.append(threading.current_thread().name)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(system_metrics_monitor.SystemMetricsMonitor, "__init__", recording_init)
+    tracker = MlflowTracker.start(f"sqlite:///{tmp_path / 'mlflow.db'}", "kbk", run_name="start-up")
+    tracker.monitor_system(0.05)
+    assert wait_for(lambda: cpu_samples(tracker))
+    tracker.end("FINISHED")
+    assert built_on and threading.current_thread().name not in built_on, built_on
+
+
 def test_tracking_none_starts_no_monitor_and_logs_nothing():
     cfg = settings_of(compose_kbk([*TINY, "tracking=none"]))
     data = build.corpus(cfg)
