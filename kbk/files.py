@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 
 def write_atomic(path: str | Path, content: str | bytes | Callable[[IO[bytes]], None], fsync: bool = False) -> Path:

@@ -16,4 +16,5 @@ def test_trainer_for_builds_the_run_of_the_overrides_and_trains_a_step():
         before = [p.detach().clone() for p in trainer.model.parameters()]
         metrics = trainer.train_step(inputs, targets)
         assert torch.isfinite(torch.tensor(metrics["train/loss_lm"]))
-        assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))  # a step was taken
+        after = trainer.model.parameters()
+        assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))  # a step was taken

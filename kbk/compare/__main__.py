@@ -106,9 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.curves:
         compare._metrics(frame, args.curves)  # an unknown metric fails before anything is written
     if args.format == "table" and args.out is None:
-        from rich.console import Console
-
         import shutil
+
+        from rich.console import Console
 
         wide = tables.wide(comparison.summary, comparison.group_by, comparison.differences, args.confidence)
         width = max(100, shutil.get_terminal_size((160, 40)).columns)

@@ -136,6 +136,18 @@ def metric_columns(runs: pd.DataFrame) -> list[str]:
     return sorted(c[len("metrics."):] for c in runs.columns if c.startswith("metrics.") and runs[c].notna().any())
 
 
+def _history(client, run_id: str, metric: str) -> pd.DataFrame:
+    """One run's (step, value) history of `metric`; a DERIVED metric is the difference of its parts at the steps
+    both logged."""
+    if metric in DERIVED:
+        a, b = (_history(client, run_id, m).set_index("step")["value"] for m in DERIVED[metric])
+        both = (a - b).dropna()
+        return pd.DataFrame({"step": both.index.astype(int), "value": both.to_numpy()})
+    points = client.get_metric_history(run_id, metric)
+    frame = pd.DataFrame({"step": [p.step for p in points], "value": [p.value for p in points]})
+    return frame.drop_duplicates("step", keep="last").sort_values("step")
+
+
 def with_derived_metrics(runs: pd.DataFrame) -> pd.DataFrame:
     """`runs` plus a `metrics.<name>` column for each DERIVED metric whose two parts some run logged."""
     runs = runs.copy()
@@ -152,15 +164,5 @@ def metric_histories(uri: str, run_ids: Sequence[str], metrics: Sequence[str]) -
     client = MlflowClient(uri)
     out: dict[str, dict[str, pd.DataFrame]] = {}
     for run_id in run_ids:
-        out[run_id] = {}
-        def history(metric: str) -> pd.DataFrame:
-            if metric in DERIVED:  # the difference of its parts at the steps both logged
-                a, b = (history(m).set_index("step")["value"] for m in DERIVED[metric])
-                both = (a - b).dropna()
-                return pd.DataFrame({"step": both.index.astype(int), "value": both.to_numpy()})
-            points = client.get_metric_history(run_id, metric)
-            frame = pd.DataFrame({"step": [p.step for p in points], "value": [p.value for p in points]})
-            return frame.drop_duplicates("step", keep="last").sort_values("step")
-
-        out[run_id] = {metric: history(metric) for metric in metrics}
+        out[run_id] = {metric: _history(client, run_id, metric) for metric in metrics}
     return out
