@@ -6,9 +6,12 @@
 # 1. The gap at 400 steps for every koopman_dim of the koopman_dim study (run experiments/koopman_dim/run.sh
 #    first; skipped with a note where that sweep has no finished trial): gap.py over its trials.
 # 2. One longer sweep per dataset: koopman.dim=256 (the default) × seeds 0, 1, 2 at model=tiny, 1600 steps,
-#    evaluated every 200 (study koopman_mode_gap_<dataset>), reported by kbk.report and by gap.py.
+#    evaluated every 200 (study koopman_mode_gap_long_<dataset>), reported by kbk.report and by gap.py.
+#    trainer.epochs=100 so that max_steps ends every run (5 epochs of the synthetic data are only 730 steps: the
+#    first version of this sweep, koopman_mode_gap_<dataset>, stopped there).
 # gap.py reads the MLflow store and the trials' final checkpoints (for "skip every layer", which the trainer does
-# not log): the sweeps keep them (trainer.keep_checkpoint=last; kbk's sweep trials drop theirs by default). The kjv corpus must be prepared once: python experiments/data/kjv.py
+# not log): the sweeps keep them (trainer.keep_checkpoint=last; kbk's sweep trials drop theirs by default).
+# The kjv corpus must be prepared once: python experiments/data/kjv.py
 # Re-running resumes the sweeps (finished trials are kept) and rewrites the reports.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,11 +24,12 @@ for data in ${datasets[@]}; do
         || echo "gap.py: no koopman_dim_$data report (run experiments/koopman_dim/run.sh $data first)"
 done
 for data in ${datasets[@]}; do
-    study=koopman_mode_gap_$data
+    study=koopman_mode_gap_long_$data
     metrics="val/ppl val/ppl_koopman"
     [ "$data" = synthetic ] && metrics="val/ppl val/ppl_koopman val/loss_above_floor val/loss_koopman_above_floor"
     sweep hparams_search=koopman_dim_grid hydra.sweeper.study_name=$study trainer.keep_checkpoint=last \
-        koopman.dim=256 seed=0,1,2 data=$data model=tiny trainer.max_steps=1600 trainer.eval_every=200
+        koopman.dim=256 seed=0,1,2 data=$data model=tiny trainer.epochs=100 trainer.max_steps=1600 \
+        trainer.eval_every=200
     python -m kbk.report --sweep $study --metric $metrics \
         --question "How does the Koopman-mode gap (val/ppl_koopman against val/ppl, each layer alone against skipping it) of the tiny model with koopman_dim 256 evolve over 1600 steps on data=$data?" \
         --reproduce "bash $here/run.sh $data" --out $here/$data
