@@ -86,10 +86,16 @@ def test_too_little_text_and_bad_fraction_are_data_errors(tmp_path):
         load_text(path=tmp_path / "a.txt", tokenizer="word")
 
 
-def test_second_load_reads_the_cache_without_tokenising(tmp_path, monkeypatch):
+def test_second_load_reads_the_cache_without_tokenising(tmp_path, monkeypatch, caplog):
     (tmp_path / "a.txt").write_text("".join(LINES))
     cache = tmp_path / "cache"
+    caplog.set_level("INFO", logger="kbk.data")
     first = load_text(path=tmp_path / "a.txt", tokenizer="word", cache_dir=cache)
+    # The slow phase is said as it starts and ends (kbk's logger: the console and run.log in a run).
+    said = [r.getMessage() for r in caplog.records if r.name == "kbk.data"]
+    assert said[0].startswith(f"data text: tokenising {len(''.join(LINES)):,} characters with the word tokenizer")
+    assert said[1].startswith("data text: tokenised in ") and len(said) == 2
+    caplog.clear()
     entry = first.cache_path
     assert not first.from_cache and entry.parent == cache and entry.name.startswith("text-")
     assert sorted(p.name for p in entry.iterdir()) == ["meta.json", "tokenizer.json", "train.pt", "val.pt"]
@@ -102,6 +108,7 @@ def test_second_load_reads_the_cache_without_tokenising(tmp_path, monkeypatch):
     assert second.train.dtype == torch.long and second.tokenizer.itos == first.tokenizer.itos
     assert {p.name: p.stat().st_mtime_ns for p in entry.iterdir()} == mtimes
     assert [p.name for p in cache.iterdir()] == [entry.name]  # nothing else written
+    assert not [r for r in caplog.records if r.name == "kbk.data"]  # a cache hit tokenises nothing, says nothing
 
 
 def test_cache_key_follows_settings_and_file_changes(tmp_path):

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,6 +27,9 @@ import torch
 from kbk.data.batching import num_windows
 from kbk.data.tokenizers import build_tokenizer, load_tokenizer
 from kbk.errors import DataError, SettingError
+
+# A child of kbk's logger: in a run its lines reach the console and run.log like every `[kbk]` line.
+log = logging.getLogger("kbk.data")
 
 CACHE_FORMAT = 1
 
@@ -170,6 +175,10 @@ def tokenised_corpus(
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)  # unreadable entry: rebuild it below
     train_text, val_text = read_texts()
+    # The one slow start-up phase (seconds to a minute for a real corpus): said before it starts, as it happens.
+    started = time.perf_counter()
+    log.info(f"data {name}: tokenising {len(train_text) + len(val_text):,} characters with the "
+             f"{settings['tokenizer']} tokenizer" + (f" (cached for later runs in {folder})" if folder else ""))
     tok = build_tokenizer(
         settings["tokenizer"],
         train_text,
@@ -186,6 +195,7 @@ def tokenised_corpus(
                 f"the {name} {split} split has {ids.numel()} tokens after tokenisation: "
                 f"use more text (or change data.val_fraction)"
             )
+    log.info(f"data {name}: tokenised in {time.perf_counter() - started:.1f} s")
     if folder is not None:
         meta = {
             "name": name,
