@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import random
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from interleaved import interleaved
 
 from kbk import interactive
 
@@ -58,7 +58,6 @@ def main() -> None:
     batches = {key: iter(t.train_batches.epoch(0)) for key, t in trainers.items()}
     val_batch = {key: next(iter(t.val_batches.epoch(0)))[0] for key, t in trainers.items()}
     first_step, first_eval, evals = {}, {}, {}
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in trainers}
     losses: dict[tuple[str, str], float] = {}
 
     def step(key) -> float:
@@ -74,14 +73,7 @@ def main() -> None:
         first_eval[key] = timed(lambda: validation_forward(trainers[key], val_batch[key]))  # noqa: B023
         evals[key] = statistics.median(timed(lambda: validation_forward(trainers[key], val_batch[key]))  # noqa: B023
                                        for _ in range(3))
-    rng = random.Random(0)
-    for i in range(warmup + steps):
-        order = list(trainers)
-        rng.shuffle(order)
-        for key in order:
-            elapsed = step(key)
-            if i >= warmup:
-                times[key].append(elapsed)
+    times = interleaved(trainers, warmup, steps, step)
     lines = [
         "# torch.compile of the model (`trainer.compile=true`) against eager, CPU",
         "",

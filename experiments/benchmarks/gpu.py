@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from interleaved import interleaved
 
 from kbk import interactive
 from kbk.models.bk_core import causal_resolvent_diagonal
@@ -71,18 +72,14 @@ def throughput(device: str, warmup: int, steps: int) -> list[str]:
             trainer = interactive.trainer_for(overrides)
             trainers[koopman, precision] = trainer
             batches[koopman, precision] = iter(trainer.train_batches.epoch(0))
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in trainers}
-    rng = random.Random(0)
-    for i in range(warmup + steps):
-        order = list(trainers)
-        rng.shuffle(order)
-        for key in order:
-            trainer = trainers[key]
-            x, y = (t.to(trainer.device) for t in next(batches[key]))
-            elapsed = timed(lambda: trainer.train_step(x, y), device)  # noqa: B023 (called at once)
-            trainer.step += 1
-            if i >= warmup:
-                times[key].append(elapsed)
+    def measure(key: tuple[str, str]) -> float:
+        trainer = trainers[key]
+        x, y = (t.to(trainer.device) for t in next(batches[key]))
+        elapsed = timed(lambda: trainer.train_step(x, y), device)
+        trainer.step += 1
+        return elapsed
+
+    times = interleaved(trainers, warmup, steps, measure)
     tokens = 32 * 128
     lines = ["| Koopman | precision | step (ms, median) | tokens/s | step time / Koopman off fp32 |",
              "|---|---|---:|---:|---:|"]

@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import random
 import statistics
 import time
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from interleaved import interleaved
 
 from kbk import build
 from kbk.config import register_configs, settings_of
@@ -55,21 +55,18 @@ def main() -> None:
     torch.set_num_threads(1)
     trainers = {(m, p): make_trainer(m, p) for m in MODELS for p in PRECISIONS}
     batches = {key: iter(t.train_batches.epoch(0)) for key, t in trainers.items()}
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in trainers}
     losses: dict[tuple[str, str], list[float]] = {key: [] for key in trainers}
-    rng = random.Random(0)
-    for i in range(warmup + steps):
-        order = list(trainers)
-        rng.shuffle(order)
-        for key in order:
-            x, y = next(batches[key])
-            start = time.perf_counter()
-            metrics = trainers[key].train_step(x, y)
-            elapsed = time.perf_counter() - start
-            trainers[key].step += 1
-            losses[key].append(metrics["train/loss_lm"])
-            if i >= warmup:
-                times[key].append(elapsed)
+
+    def measure(key: tuple[str, str]) -> float:
+        x, y = next(batches[key])
+        start = time.perf_counter()
+        metrics = trainers[key].train_step(x, y)
+        elapsed = time.perf_counter() - start
+        trainers[key].step += 1
+        losses[key].append(metrics["train/loss_lm"])
+        return elapsed
+
+    times = interleaved(trainers, warmup, steps, measure)
     lines = [
         "# Training step time: fp32 against bf16 autocast (CPU)",
         "",
