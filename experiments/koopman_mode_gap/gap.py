@@ -173,8 +173,9 @@ def plot(gaps: pd.DataFrame, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    gaps = gaps.assign(relative=(gaps["ratio"] - 1.0) * 100.0)  # the gap in % of the standard perplexity
     for group, rows in gaps.groupby("group", sort=False):
-        for ax, column in zip(axes, ("gap", "ratio"), strict=True):
+        for ax, column in zip(axes, ("gap", "relative"), strict=True):
             steps, mean, low, high = [], [], [], []
             for step, at in rows.groupby("step"):
                 m, lo, hi, _ = t_interval(at[column])
@@ -182,9 +183,16 @@ def plot(gaps: pd.DataFrame, path: Path, title: str) -> None:
             line, = ax.plot(steps, mean, "-o", ms=3, label=group)
             ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
     axes[0].axhline(0, color="grey", lw=0.8)
-    axes[1].axhline(1, color="grey", lw=0.8)
+    axes[1].axhline(0, color="grey", lw=0.8)
+    if gaps["gap"].abs().max() > 20 * max(1.0, gaps.groupby("group")["gap"].last().abs().max()):
+        # Before Koopman learning starts the gap is a hundred times what it is after; on a linear axis the
+        # interesting part (the end) is a flat line at zero. Linear within ±1 PPL, logarithmic beyond.
+        for ax in axes:
+            ax.set_yscale("symlog", linthresh=1.0)
+            ax.grid(True, which="major", alpha=0.3)
     axes[0].set(xlabel="training step", ylabel="val/ppl_koopman − val/ppl", title="Koopman-mode gap")
-    axes[1].set(xlabel="training step", ylabel="val/ppl_koopman / val/ppl", title="Koopman-mode PPL ratio")
+    axes[1].set(xlabel="training step", ylabel="(val/ppl_koopman / val/ppl − 1) in %",
+                title="Koopman-mode gap, relative")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{title} (mean over seeds, 95% t band)")
     fig.tight_layout()
