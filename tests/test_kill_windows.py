@@ -103,6 +103,7 @@ def test_a_signal_while_artifacts_are_stored_ends_the_run_finished_with_them(tmp
     """SIGINT arrives in the middle of the artifact uploads after training: they complete, the run ends FINISHED,
     and the process stops with one line (exit 130) instead of a traceback and a KILLED run."""
     import kbk.run
+    before = signal.getsignal(signal.SIGINT)  # the default, or SIG_IGN in a process started in the background
 
     outputs = tmp_path / "outputs"
     db = mlflow_store(outputs)
@@ -125,7 +126,7 @@ def test_a_signal_while_artifacts_are_stored_ends_the_run_finished_with_them(tmp
     (run,) = mlflow_runs(db)
     assert run.info.status == "FINISHED", run.data.tags.get("kbk.end_reason")
     assert {"before.txt", "plots/training_curves.png", "summary.json"} <= artifact_paths(db, run.info.run_id)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    assert signal.getsignal(signal.SIGINT) is before  # handlers put back
 
 
 def test_a_finished_trial_of_a_killed_sweeper_keeps_its_result(tmp_path, monkeypatch):
