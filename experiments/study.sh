@@ -11,3 +11,11 @@ sweep() {  # python -m kbk.run -m "$@", unless REPORT_ONLY is set
         python -m kbk.run -m "$@"
     fi
 }
+
+report_metrics() {  # the metrics a study reports on data $1: on synthetic data also the distance to the Bayes floor
+    if [ "$1" = synthetic ]; then
+        echo "val/ppl val/ppl_koopman val/loss_above_floor val/loss_koopman_above_floor"
+    else
+        echo "val/ppl val/ppl_koopman"
+    fi
+}

@@ -15,13 +15,12 @@ source experiments/study.sh  # one torch thread per trial; REPORT_ONLY=1 rewrite
 datasets=("${@:-synthetic kjv}")
 for data in ${datasets[@]}; do
     study=koopman_dim_$data
-    metrics="val/ppl val/ppl_koopman"
-    [ "$data" = synthetic ] && metrics="val/ppl val/ppl_koopman val/loss_above_floor val/loss_koopman_above_floor"
+    metrics=$(report_metrics $data)
     # trainer.keep_checkpoint=last: experiments/koopman_mode_gap/gap.py evaluates these trials' final checkpoints.
     sweep hparams_search=koopman_dim_grid hydra.sweeper.study_name=$study trainer.keep_checkpoint=last \
         koopman.dim=16,64,256,1024 seed=0,1,2 data=$data model=tiny trainer.max_steps=400 trainer.eval_every=100
     python -m kbk.report --sweep $study --baseline koopman.dim=64 --metric $metrics \
-        --question "Does koopman_dim (16, 64 = d_model, 256, 1024) change the standard or the Koopman-mode validation perplexity, the per-layer Koopman-only vs skip-only perplexity, the one-step error or the step time of the tiny model after 400 steps on data=$data?" \
+        --question "Does koopman_dim (16, 64 = d_model, 256, 1024) change the standard or the Koopman-mode validation perplexity, the per-layer Koopman-only vs skip-only perplexity, or the one-step error of the tiny model after 400 steps on data=$data?" \
         --reproduce "bash experiments/koopman_dim/run.sh $data" --out experiments/koopman_dim/$data
     python -m kbk.compare --sweep $study --metric $metrics --baseline koopman.dim=256
 done

@@ -25,8 +25,7 @@ for data in ${datasets[@]}; do
 done
 for data in ${datasets[@]}; do
     study=koopman_mode_gap_long_$data
-    metrics="val/ppl val/ppl_koopman"
-    [ "$data" = synthetic ] && metrics="val/ppl val/ppl_koopman val/loss_above_floor val/loss_koopman_above_floor"
+    metrics=$(report_metrics $data)
     sweep hparams_search=koopman_dim_grid hydra.sweeper.study_name=$study trainer.keep_checkpoint=last \
         koopman.dim=256 seed=0,1,2 data=$data model=tiny trainer.epochs=100 trainer.max_steps=1600 \
         trainer.eval_every=200

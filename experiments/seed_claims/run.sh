@@ -16,8 +16,7 @@ source experiments/study.sh  # one torch thread per trial; REPORT_ONLY=1 rewrite
 datasets=("${@:-synthetic kjv}")
 for data in ${datasets[@]}; do
     study=seed_claims_$data
-    metrics="val/ppl val/ppl_koopman"
-    [ "$data" = synthetic ] && metrics="val/ppl val/ppl_koopman val/loss_above_floor val/loss_koopman_above_floor"
+    metrics=$(report_metrics $data)
     sweep hparams_search=seed_claims_grid "hydra.searchpath=[file://experiments/seed_claims/conf]" \
         hydra.sweeper.study_name=$study seed=0,1,2 data=$data
     group_by="model.causal koopman.enabled"
