@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# What the cheap-Koopman settings cost in quality (issue 11): koopman.sample_tokens 128 / 256 × dmd.update_interval
+# 1 / 4 (the preset koopman_speed_grid) × seeds 0, 1, 2 at model=tiny (koopman_dim 256), 400 steps, reported against
+# kbk's defaults (256 tokens, DMD every step) into experiments/koopman_speed/<dataset>/. Their step times, measured
+# side by side: experiments/benchmarks/trial_cost_results.md.
+#   bash experiments/koopman_speed/run.sh              # synthetic data (~15 min on 2 CPU cores)
+#   bash experiments/koopman_speed/run.sh kjv          # the King James Bible (python experiments/data/kjv.py first)
+# Re-running resumes the sweep (finished trials are kept) and rewrites the report.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source experiments/study.sh  # one torch thread per trial; REPORT_ONLY=1 rewrites the reports only
+datasets=("${@:-synthetic}")
+for data in ${datasets[@]}; do
+    study=koopman_speed_$data
+    metrics="$(report_metrics $data) koopman/0/one_step_rel_err koopman/1/one_step_rel_err"
+    baseline=koopman.sample_tokens=256,dmd.update_interval=1
+    sweep hparams_search=koopman_speed_grid hydra.sweeper.study_name=$study seed=0,1,2 data=$data model=tiny \
+        trainer.max_steps=400 trainer.eval_every=100
+    python -m kbk.report --sweep $study --baseline $baseline --metric $metrics \
+        --question "Do the settings that make Koopman learning cheaper (128 instead of 256 sampled tokens per step for the Koopman terms; the DMD solve on every 4th step instead of every step) change the Koopman-mode validation perplexity or the one-step error of the tiny model (koopman_dim 256) after 400 steps on data=$data?" \
+        --reproduce "bash experiments/koopman_speed/run.sh $data" --out experiments/koopman_speed/$data
+    python -m kbk.compare --sweep $study --metric $metrics --baseline $baseline
+done
