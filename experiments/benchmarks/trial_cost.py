@@ -12,8 +12,10 @@ Sizes (batch 32, synthetic data): `tiny` (d_model 64, 2 layers, n_seq 64, vocab 
    with the settings that trade what is computed for speed (`koopman.sample_tokens`, `dmd.update_interval`,
    `koopman.terms_interval`).
    Interleaved rounds in random order on one fixed batch; medians, minima and ratios from the same run.
-2. What those settings do to the Koopman-mode gap (`val/ppl_koopman / val/ppl − 1`): the same `tiny` training
-   run (default config, seed 0, `--gap-steps` steps) with each setting.
+   Each configuration's matrix-multiply FLOPs per step (torch's FlopCounterMode) beside its time: where the
+   Koopman work is FLOPs rather than overhead, only computing less makes it cheaper.
+2. What those settings cost in Koopman-mode quality is a study with seeds and paired intervals, not a benchmark:
+   `bash experiments/koopman_speed/run.sh` (its report: experiments/koopman_speed/synthetic/README.md).
 3. Evaluation per call at each size (koopman_dim 256): the standard pass, the Koopman-mode pass and the
    diagnostics that make up a periodic evaluation, and the final layer-wise passes (subset and full set).
 4. Start-up: seconds from the command (`python -m kbk.run`, one training step) to the end of the first
@@ -42,6 +44,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from kbk.interactive import trainer_for
 from kbk.paths import PROJECT_ROOT
@@ -52,7 +55,7 @@ SIZES = {
     "small": ["model=small"],
     "seed size": ["model=small", "data.vocab_size=30000", "data.n_train_tokens=200000", "data.n_val_tokens=30000"],
 }
-# Settings that change what is computed, each measured for speed (section 1) and for the gap (section 2).
+# Settings that change what is computed, each measured for speed here (their quality: experiments/koopman_speed).
 SPEED_SETTINGS = {
     "sample_tokens=128": ["koopman.sample_tokens=128"],
     "dmd.update_interval=4": ["dmd.update_interval=4"],
@@ -106,8 +109,18 @@ def per_round_times(steps: dict, rounds: int) -> dict[str, list[float]]:
     return times
 
 
-def step_times(rounds: int) -> list[tuple[str, str, float, float, float, float]]:
-    """(size, configuration, median ms, min ms, median of per-round ratios to off, ratio of minima)."""
+def matmul_gflops(step, steps: int = 4) -> float:
+    """Matrix-multiply GFLOPs of one step, averaged over `steps` (settings like terms_interval alternate the work).
+    torch's FlopCounterMode counts mm/addmm/bmm (all of the Koopman companions' work) but not the BK-Core's O(N)
+    recurrences, so the ratio to Koopman off slightly overstates what Koopman adds."""
+    with FlopCounterMode(display=False) as counter:
+        for _ in range(steps):
+            step()
+    return counter.get_total_flops() / steps / 1e9
+
+
+def step_times(rounds: int) -> list[tuple]:
+    """(size, configuration, median ms, min ms, ratio of totals to off, ratio of minima, GFLOP, GFLOP ratio)."""
     rows = []
     for size, base in SIZES.items():
         steps = {"Koopman off": step_of([*base, "koopman=off"], learning=False)}
@@ -119,26 +132,15 @@ def step_times(rounds: int) -> list[tuple[str, str, float, float, float, float]]
             if dim == 256 and size != "seed size":
                 for name, extra in SPEED_SETTINGS.items():
                     steps[f"k={dim} learning on, {name}"] = step_of([*k, *extra], learning=True)
-        # Ratios within a round (its steps ran back to back) cancel most of a shared machine's drifting load.
-        times = per_round_times(steps, rounds if size != "seed size" else max(3, rounds // 3))
+        flops = {name: matmul_gflops(step) for name, step in steps.items()}
+        # Totals over the same interleaved rounds cancel most of a shared machine's drifting load, and average the
+        # settings whose work alternates between steps (rounds are a multiple of 4).
+        times = per_round_times(steps, rounds if size != "seed size" else max(4, rounds // 3 // 4 * 4))
         off = times["Koopman off"]
         for name, values in times.items():
-            ratio = statistics.median(v / o for v, o in zip(values, off, strict=True))
-            rows.append((size, name, statistics.median(values), min(values), ratio, min(values) / min(off)))
+            rows.append((size, name, statistics.median(values), min(values), sum(values) / sum(off),
+                         min(values) / min(off), flops[name], flops[name] / flops["Koopman off"]))
         print(f"step times, {size}: done", flush=True)
-    return rows
-
-
-def gap_runs(steps: int) -> list[tuple[str, float, float, float, float]]:
-    """(setting, val/ppl, val/ppl_koopman, gap, train ms per step) after `steps` steps of `tiny` (default config)."""
-    rows = []
-    for name, extra in {"default": [], **SPEED_SETTINGS}.items():
-        trainer = trainer_for([f"trainer.max_steps={steps}", f"trainer.eval_every={steps}",
-                               "trainer.layerwise_eval=false", *extra])
-        summary = trainer.fit()
-        ppl, k_ppl = summary["val/ppl"], summary["val/ppl_koopman"]
-        rows.append((name, ppl, k_ppl, k_ppl / ppl - 1, 1000 * summary["train_seconds"] / summary["steps"]))
-        print(f"gap run {name}: done", flush=True)
     return rows
 
 
@@ -221,7 +223,9 @@ def default_run(tree: Path, args: list[str], outputs: Path, threads: int) -> dic
     summaries = [json.loads(p.read_text()) for p in set(outputs.glob("**/summary.json")) - before
                  if "mlartifacts" not in p.parts]
     train = sum(s["train_seconds"] for s in summaries)
-    return {"wall_s": wall, "train_s": train, "outside": 1 - train / wall, "runs": len(summaries)}
+    evals = [s.get("eval_seconds") for s in summaries]
+    return {"wall_s": wall, "train_s": train, "outside": 1 - train / wall, "runs": len(summaries),
+            "eval_s": None if None in evals else sum(evals)}
 
 
 def whole_runs(trees: dict[str, Path], threads: int, work: Path, quick: bool) -> list[tuple[str, str, dict]]:
@@ -239,7 +243,7 @@ def whole_runs(trees: dict[str, Path], threads: int, work: Path, quick: bool) ->
     return rows
 
 
-def report(args, load: float, steps, gaps, evals, startup, runs) -> list[str]:
+def report(args, load: float, steps, evals, startup, runs) -> list[str]:
     lines = [
         "# Trial cost: Koopman learning, evaluation, start-up (CPU)",
         "",
@@ -253,22 +257,24 @@ def report(args, load: float, steps, gaps, evals, startup, runs) -> list[str]:
         "",
         f"## 1. Training step, batch 32 ({args.rounds} interleaved rounds; the seed size {max(3, args.rounds // 3)})",
         "",
-        "| size | configuration | median (min) ms | vs Koopman off (median of per-round ratios) | vs off, minima |",
-        "|---|---|---:|---:|---:|",
+        "| size | configuration | median (min) ms | time vs Koopman off (totals over the same rounds) | vs off, "
+        "minima | matmul GFLOP per step | FLOPs vs off |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for size, name, med, mn, r_med, r_min in steps:
-        lines.append(f"| {size} | {name} | {med:.1f} ({mn:.1f}) | {100 * (r_med - 1):+.0f}% | "
-                     f"{100 * (r_min - 1):+.0f}% |")
+    for size, name, med, mn, r_total, r_min, gflop, r_flop in steps:
+        lines.append(f"| {size} | {name} | {med:.1f} ({mn:.1f}) | {100 * (r_total - 1):+.0f}% | "
+                     f"{100 * (r_min - 1):+.0f}% | {gflop:.2f} | {100 * (r_flop - 1):+.0f}% |")
     lines += [
         "",
-        f"## 2. What the speed settings cost in Koopman-mode quality (`tiny`, koopman_dim 256, {args.gap_steps} steps)",
+        "The FLOPs column is the floor under the time column: at `tiny` the default companion (koopman_dim 256, 256 "
+        "sampled tokens a layer) multiplies about as many numbers as the language model itself, so no rearrangement "
+        "that computes the same results brings its cost near +40%; only the settings that compute less do.",
         "",
-        "| setting | val/ppl | val/ppl_koopman | Koopman-mode gap | train ms/step (this run) |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, ppl, k_ppl, gap, ms in gaps:
-        lines.append(f"| {name} | {ppl:.2f} | {k_ppl:.2f} | {100 * gap:+.1f}% | {ms:.1f} |")
-    lines += [
+        "## 2. What the speed settings cost in Koopman-mode quality",
+        "",
+        "Measured as a study, three seeds a setting, with paired intervals: `bash experiments/koopman_speed/run.sh` "
+        "(report: [experiments/koopman_speed/synthetic/README.md](../koopman_speed/synthetic/README.md)).",
+        "",
         "",
         "## 3. Evaluation per call (koopman_dim 256; minimum of "
         f"{args.eval_calls} calls)",
@@ -303,15 +309,19 @@ def report(args, load: float, steps, gaps, evals, startup, runs) -> list[str]:
         "",
         "## 5. Whole runs: wall time outside training steps",
         "",
-        "| run | code | wall s | in training steps s | outside training steps |",
-        "|---|---|---:|---:|---:|",
+        "| run | code | wall s | in training steps s | outside training steps | in evaluation s | evaluation share |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for case, tree, r in runs:
-        lines.append(f"| {case} | {tree} | {r['wall_s']:.1f} | {r['train_s']:.1f} | {100 * r['outside']:.0f}% |")
+        share = None if r["eval_s"] is None else r["eval_s"] / r["wall_s"]
+        evaluation = "n/a | n/a" if share is None else f"{r['eval_s']:.1f} | {100 * share:.1f}%"
+        lines.append(f"| {case} | {tree} | {r['wall_s']:.1f} | {r['train_s']:.1f} | {100 * r['outside']:.0f}% | "
+                     f"{evaluation} |")
     lines += [
         "",
         "Outside training steps: start-up, evaluation, checkpoints, MLflow logging and artifacts, the end of the "
-        "process. Training steps: `train_seconds` from each run's `summary.json`.",
+        "process. Training steps and evaluation: `train_seconds` and `eval_seconds` from each run's `summary.json` "
+        "(n/a: code that did not record `eval_seconds`).",
     ]
     return lines
 
@@ -319,8 +329,7 @@ def report(args, load: float, steps, gaps, evals, startup, runs) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few rounds and short runs (a smoke test)")
-    parser.add_argument("--rounds", type=int, default=24, help="interleaved rounds of step timing")
-    parser.add_argument("--gap-steps", type=int, default=400, help="training steps of each gap run")
+    parser.add_argument("--rounds", type=int, default=24, help="interleaved rounds of step timing (a multiple of 4)")
     parser.add_argument("--eval-calls", type=int, default=2)
     parser.add_argument("--startup-repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the steadiest on shared cores)")
@@ -332,21 +341,20 @@ def main(argv=None) -> int:
     # The command as a reader would rerun it: where the results file went is no part of the measurement.
     args.shown_argv = [a for i, a in enumerate(given) if a != "--output" and (i == 0 or given[i - 1] != "--output")]
     if args.quick:
-        args.rounds, args.gap_steps, args.eval_calls, args.startup_repeats = 3, 30, 1, 1
+        args.rounds, args.eval_calls, args.startup_repeats = 4, 1, 1
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
     trees = {"this code": PROJECT_ROOT}
     if args.before is not None:
         trees = {"before": args.before.resolve(), **trees}
     steps = step_times(args.rounds)
-    gaps = gap_runs(args.gap_steps)
     evals = evaluation_costs(args.eval_calls)
     startup, runs = {}, []
     if not args.skip_runs:
         with tempfile.TemporaryDirectory(prefix="kbk-trial-cost-") as work:
             startup = startup_times(trees, args.startup_repeats, args.threads, Path(work))
             runs = whole_runs(trees, args.threads, Path(work), args.quick)
-    lines = report(args, load, steps, gaps, evals, startup, runs)
+    lines = report(args, load, steps, evals, startup, runs)
     args.output.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
