@@ -26,6 +26,7 @@ import itertools
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -161,6 +162,7 @@ class HybridTrainer:
         self.history: list[tuple[int, dict[str, float]]] = []
         self.epoch_table: list[dict[str, float]] = []
         self.train_seconds = 0.0
+        self.eval_seconds = 0.0  # periodic, final and layer-wise evaluations, so a run's evaluation share is known
         self.summary: dict[str, Any] | None = None  # set when training has finished
         self.last_eval: tuple[int, dict[str, float]] | None = None  # (step, metrics) of the latest evaluation
         self.stop_reason: str | None = None  # set by `request_stop`: training ends after the current step
@@ -419,14 +421,15 @@ class HybridTrainer:
                 self.save()
         self._log_window()
         if self.last_eval is not None and self.last_eval[0] == self.step:  # evaluated at this very step already
-            extra = self.layerwise_metrics()
+            extra = self._timed(self.layerwise_metrics)
             final = {**self.last_eval[1], **extra}
         else:
-            extra = final = {**self.evaluation_metrics(), **self.layerwise_metrics()}
+            extra = final = self._timed(lambda: {**self.evaluation_metrics(), **self.layerwise_metrics()})
         if extra:
             self._log(extra)
         summary = {**final, **{f"events/{k}": float(v) for k, v in self.events.items()}, "steps": self.step,
-                   "train_seconds": self.train_seconds, "tokens": self.step * self._tokens_per_step(),
+                   "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
+                   "tokens": self.step * self._tokens_per_step(),
                    # whole-run means, so a sweep can trade quality against speed (e.g. `ppl_vs_speed`)
                    "perf/step_ms": 1000.0 * self.train_seconds / max(self.step, 1),
                    "perf/tokens_per_s": self.step * self._tokens_per_step() / max(self.train_seconds, 1e-9)}
@@ -457,8 +460,16 @@ class HybridTrainer:
         self.history.append((self.step, dict(metrics)))
         self.tracker.log_metrics(metrics, step=self.step)
 
+    def _timed(self, evaluation: Callable[[], dict[str, float]]) -> dict[str, float]:
+        """`evaluation()`, its wall time added to `eval_seconds`."""
+        t0 = time.perf_counter()
+        try:
+            return evaluation()
+        finally:
+            self.eval_seconds += time.perf_counter() - t0
+
     def _evaluate_and_report(self) -> dict[str, float]:
-        metrics = self.evaluation_metrics()
+        metrics = self._timed(self.evaluation_metrics)
         # Counters once nonzero only: all-zero `events/*` charts would open MLflow's charts tab (its sections sort by
         # name, before train/ and val/); summary.json still holds every counter.
         metrics.update({f"events/{k}": float(v) for k, v in self.events.items() if v})
@@ -505,6 +516,7 @@ class HybridTrainer:
             "history": list(self.history),
             "epoch_table": list(self.epoch_table),
             "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds,
             "summary": self.summary,
             "last_eval": self.last_eval,
             "rng": rng_state(),
@@ -531,6 +543,7 @@ class HybridTrainer:
         self.history = list(state["history"])
         self.epoch_table = list(state["epoch_table"])
         self.train_seconds = state["train_seconds"]
+        self.eval_seconds = state.get("eval_seconds", 0.0)  # absent from checkpoints written before it was kept
         self.summary = state["summary"]
         self.last_eval = state["last_eval"]
         set_rng_state(state["rng"])
