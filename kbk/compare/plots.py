@@ -13,6 +13,14 @@ import pandas as pd
 from kbk.compare.stats import metric_values, summary, t_interval
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f")
+#: With more series than colours, the later ones are told apart by the line's dash (a 12-group grid otherwise
+#: draws groups 1 and 10 in the same colour and style).
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def series_style(i: int) -> dict[str, str]:
+    """Colour and line style of the `i`-th series: unique for up to len(PALETTE) × len(LINESTYLES) series."""
+    return {"color": PALETTE[i % len(PALETTE)], "linestyle": LINESTYLES[i // len(PALETTE) % len(LINESTYLES)]}
 
 
 def _as_numbers(values: Sequence[str]) -> list[float] | None:
@@ -40,17 +48,33 @@ def x_param(runs: pd.DataFrame, group_by: Sequence[str]) -> str | None:
     return None
 
 
+#: Panels per row: a report's figure stays readable at page width however many metrics it shows.
+PANELS_PER_ROW = 3
+
+
+def metric_panels(n: int):
+    """A figure with `n` panels of the same size, `PANELS_PER_ROW` to a row, and those axes in reading order (the
+    unused cells of the last row removed)."""
+    from matplotlib.figure import Figure
+
+    cols = min(n, PANELS_PER_ROW)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(max(6.0, 4.6 * cols), 0.4 + 3.8 * rows), layout="constrained")
+    grid = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in grid[n:]:
+        ax.remove()
+    return fig, list(grid[:n])
+
+
 def plot_metrics(runs: pd.DataFrame, group_by: Sequence[str], metrics: Sequence[str], path: Path,
                  title: str, confidence: float = 0.95) -> Path:
     """One panel per metric: mean with its interval against the swept numeric param (log axis for geometric
     values), one series per combination of the other params; without a numeric param, one point per group."""
-    from matplotlib.figure import Figure
 
     x_key = x_param(runs, group_by)
     series_keys = [k for k in group_by if k != x_key]
     stats = summary(runs, group_by, metrics, confidence)
-    fig = Figure(figsize=(max(6.0, 4.6 * len(metrics)), 4.2), layout="constrained")
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    fig, axes = metric_panels(len(metrics))
     ns = sorted({int(n) for n in stats["n"] if n})
     n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}" if ns else "n = 0"
     fig.suptitle(f"{title}  (mean and {confidence:.0%} CI over seeds, {n_text} per point)", fontsize="medium")
@@ -89,13 +113,14 @@ def _numeric_panel(ax, runs, frame, x_key, series_keys, metric) -> dict[str, obj
     for i, (key, rows) in enumerate(series):
         key = key if isinstance(key, tuple) else (key,)
         label = ", ".join(map(str, key)) or metric
-        color = PALETTE[i % len(PALETTE)]
+        style = series_style(i)
+        color = style["color"]
         rows = rows.assign(x=rows[x_key].astype(float)).sort_values("x")
         rows = rows.assign(ci_low=drawn_low(rows["ci_low"], metric_values(runs, metric)))
         low = (rows["mean"] - rows["ci_low"]).fillna(0).clip(lower=0)
         high = (rows["ci_high"] - rows["mean"]).fillna(0).clip(lower=0)
         handles[label] = ax.errorbar(rows["x"], rows["mean"], yerr=[low, high], marker="o", capsize=4,
-                                     color=color, lw=1.5, label=label)
+                                     lw=1.5, label=label, **style)
         mask = pd.Series(True, index=runs.index)
         for k, v in zip(series_keys, key, strict=True):
             mask &= runs[f"params.{k}"].astype(str) == str(v)
@@ -141,10 +166,8 @@ def plot_curves(histories: Mapping[tuple, Mapping[str, list[pd.DataFrame]]], gro
 
     `histories[group key][metric]` is one frame (`step`, `value`) per run; steps that not every run of the group
     logged are left out (runs of a group share their evaluation steps)."""
-    from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(max(6.0, 4.6 * len(metrics)), 4.2), layout="constrained")
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    fig, axes = metric_panels(len(metrics))
     fig.suptitle(f"{title}  (mean and {confidence:.0%} CI over seeds)", fontsize="medium")
     handles = {}
     for ax, metric in zip(axes, metrics, strict=True):
@@ -158,10 +181,11 @@ def plot_curves(histories: Mapping[tuple, Mapping[str, list[pd.DataFrame]]], gro
                 continue
             bands = [t_interval(list(row), confidence) for row in joined.to_numpy()]
             mean = np.array([b[0] for b in bands])
-            color = PALETTE[i % len(PALETTE)]
+            style = series_style(i)
+            color = style["color"]
             label = ", ".join(f"{k}={v}" for k, v in zip(group_by, key, strict=True)) or "all runs"
             marker = "o" if len(joined) <= 30 else None
-            handles[label] = ax.plot(joined.index, mean, color=color, lw=1.5, marker=marker, ms=4, label=label)[0]
+            handles[label] = ax.plot(joined.index, mean, lw=1.5, marker=marker, ms=4, label=label, **style)[0]
             low, high = drawn_low([b[2] for b in bands], joined.to_numpy().ravel()), np.array([b[3] for b in bands])
             if not np.isnan(low).all():
                 ax.fill_between(joined.index, low, high, color=color, alpha=0.15, linewidth=0)
