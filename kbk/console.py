@@ -151,11 +151,14 @@ def compare_command(uri: str, experiment: str, sweep: str | None = None, parent:
 
 
 def say_started(run_dir: Path, tracker: Any) -> None:
-    """The one start line: the run's name, MLflow run id and store, and its folder (or that it is not tracked)."""
+    """The one start line: the run's name, MLflow run id and store, and its folder (or that it is not tracked). A
+    run still being created (`PendingTracker`) is not waited for: its id comes on a line of its own once it exists."""
     from kbk.urls import redact_url
 
     if getattr(tracker, "run_id", None):
         where = f"run '{tracker.run_name}', MLflow run {tracker.run_id} in {redact_url(tracker.uri)}"
+    elif getattr(tracker, "starting", False):
+        where = f"run '{tracker.run_name}', MLflow run being created in {redact_url(tracker.uri)}"
     else:
         where = "not tracked"
     phase(f"ready to train: {where}, folder {run_dir}")

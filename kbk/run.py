@@ -69,6 +69,9 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
     )
     from kbk.training.trainer import HybridTrainer, TrainingDiverged, optimizer_steps
 
+    def discard_run_folder() -> None:  # nothing half-written: the run never started
+        shutil.rmtree(output_dir, ignore_errors=True)
+
     if sweep:
         console.restart_clock()
     with contextlib.ExitStack() as cleanup:  # releases the checkpoint folder's lock however the run ends
@@ -105,16 +108,18 @@ def run(cfg: DictConfig, output_dir: Path, sweep: bool = False) -> Any:
                 trainer.resume(previous.checkpoint)
                 console.say(f"resuming {previous.checkpoint} at step {trainer.step}")
             tracker = start_tracking(settings, cfg, secrets, output_dir, run_hash, build.parameter_counts(model),
-                                     previous, index, checkpoint_dir, left_running)
+                                     previous, index, checkpoint_dir, left_running, data,
+                                     on_failed_start=None if sweep else discard_run_folder)
             console.say_started(output_dir, tracker)
         except KbkError:
             if not sweep:
-                shutil.rmtree(output_dir, ignore_errors=True)  # nothing half-written: the run never started
+                discard_run_folder()
             raise
 
         with tracker:  # train, then log; an exception ends the MLflow run FAILED (KILLED for a stop)
             tracker.install_signal_handlers()
-            log_run_context(tracker, settings, data, resumed=previous is not None)  # dataset inputs, system metrics
+            if previous is not None:  # a fresh run's start logs them itself, on its thread (start_tracking)
+                log_run_context(tracker, settings, data, resumed=True)  # dataset inputs, system metrics
             # A resumed run's store catches up with the checkpoint, then skips the steps it holds: no gap, no duplicate.
             trainer.tracker = tracker if previous is None else continue_logging(tracker, trainer.history)
             try:
@@ -154,10 +159,14 @@ def known_secrets(cfg: DictConfig) -> list[str]:
 
 
 def start_tracking(settings, cfg: DictConfig, secrets: list[str], output_dir: Path, run_hash: str,
-                   counts: dict[str, Any], previous, index: Path, checkpoint_dir: Path, left_running: str | None):
+                   counts: dict[str, Any], previous, index: Path, checkpoint_dir: Path, left_running: str | None,
+                   data, on_failed_start=None):
     """The tracker of this job: a new MLflow run, or the one `previous` (a `ResumePoint`) continues, its params
     logged and its id in the `run.json` of the config's `index` folder and of `checkpoint_dir` as soon as it exists;
     a `NullTracker` with tracking=none.
+    A new run starts on a thread of its own (a `PendingTracker`, which also logs `data` as its inputs and starts the
+    system metrics; `on_failed_start` runs if that start fails), after the checks a user's mistake can fail (the
+    store, the parent run); a resumed run is reopened here and now.
     `left_running`: the last run of this config (from its run.json); if it is still RUNNING, its process died
     (the checkpoint folder's lock was free) and, unless it is the run being resumed, it is ended KILLED."""
     from kbk.sweep import ENV_PARENT_RUN, ENV_SWEEP, ENV_TRIAL
@@ -170,17 +179,12 @@ def start_tracking(settings, cfg: DictConfig, secrets: list[str], output_dir: Pa
         return NullTracker()
     from kbk.identity import IGNORED_KEYS, LABEL_KEYS, experiment_config
     from kbk.paths import outputs_dir
-    from kbk.tracking.mlflow_tracker import MlflowTracker, end_orphan_run
-    from kbk.tracking.resume import refuse_foreign_run, reopen_run
     from kbk.tracking.run_params import flatten, logged_params
     from kbk.tracking.run_tags import job_tags, run_name, typed_overrides
-    from kbk.tracking.store import ensure_experiment, resolve_tracking_uri
+    from kbk.tracking.store import resolve_tracking_uri
 
     uri = resolve_tracking_uri(settings.tracking.uri, outputs_dir(settings.paths.outputs))
-    ensure_experiment(uri, settings.tracking.experiment)
     resumed_run = previous.run_id if previous is not None else None
-    if left_running and left_running != resumed_run:
-        end_orphan_run(uri, left_running)
     params = logged_params(cfg, secrets, dropped=("trainer.resume", *LABEL_KEYS))  # labels are logged as tags
     sweep, trial = os.environ.get(ENV_SWEEP), os.environ.get(ENV_TRIAL)
     tags = job_tags(run_hash=run_hash, output_dir=output_dir, sweep=sweep, trial=trial, labels=settings.tags,
@@ -192,20 +196,54 @@ def start_tracking(settings, cfg: DictConfig, secrets: list[str], output_dir: Pa
         # resumption, as they are not part of the config hash: the continued run keeps the values it started with.
         same_experiment = flatten(experiment_config(cfg))
         params = {k: v for k, v in params.items() if k in same_experiment}
-        refuse_foreign_run(uri, resumed_run, params)
-        tracker = reopen_run(uri, settings.tracking.experiment, resumed_run, tags, **options)
     else:
         name = settings.tracking.run_name or (f"trial-{trial}" if trial else
                                               run_name(typed_overrides(), run_hash, IGNORED_KEYS))
-        tracker = MlflowTracker.start(uri, settings.tracking.experiment, name, tags, **options)
-    # At once: if this process is killed from here on, the next start of this config finds the run to end.
-    write_run_record(index, checkpoint_dir, tracker.run_id, output_dir)
-    try:
-        tracker.log_params({**params, **{k: str(v) for k, v in counts.items()}})
-    except KbkError as exc:
-        tracker.end("FAILED", reason=str(exc))  # never leave the run RUNNING (nothing else would end it)
-        raise
-    return tracker
+
+    def open_run():
+        from kbk.tracking.mlflow_tracker import MlflowTracker, end_orphan_run
+        from kbk.tracking.resume import refuse_foreign_run, reopen_run
+        from kbk.tracking.run_context import log_run_context
+        from kbk.tracking.store import ensure_experiment
+
+        ensure_experiment(uri, settings.tracking.experiment)
+        if left_running and left_running != resumed_run:
+            end_orphan_run(uri, left_running)
+        if resumed_run:
+            refuse_foreign_run(uri, resumed_run, params)
+            tracker = reopen_run(uri, settings.tracking.experiment, resumed_run, tags, **options)
+        else:
+            tracker = MlflowTracker.start(uri, settings.tracking.experiment, name, tags, **options)
+        # At once: if this process is killed from here on, the next start of this config finds the run to end.
+        write_run_record(index, checkpoint_dir, tracker.run_id, output_dir)
+        try:
+            tracker.log_params({**params, **{k: str(v) for k, v in counts.items()}})
+            if previous is None:
+                log_run_context(tracker, settings, data, resumed=False)  # dataset inputs, system metrics
+        except KbkError as exc:
+            tracker.end("FAILED", reason=str(exc))  # never leave the run RUNNING (nothing else would end it)
+            raise
+        return tracker
+
+    if previous is not None:
+        return open_run()
+    from kbk.tracking.background_start import PendingTracker
+    from kbk.tracking.store import check_store
+
+    check_store(uri)  # what a user's mistake fails (a server down, an unusable SQLite path): before training
+    if options["parent_run_id"] is not None:
+        check_parent_run(uri, options["parent_run_id"])
+    return PendingTracker(open_run, uri=uri, run_name=name, on_failed_start=on_failed_start)
+
+
+def check_parent_run(uri: str, parent_run_id: str) -> None:
+    """A `TrackingError` unless the parent run (of a sweep, from the environment) is in the store. It needs MLflow,
+    which a sweep's own process has imported already (it made the parent run)."""
+    from kbk.tracking.mlflow_tracker import check_parent
+    from kbk.tracking.store import prepared_store
+
+    with prepared_store(uri) as client:
+        check_parent(client, uri, parent_run_id)
 
 
 def finished_checkpoints(trainer) -> list[Path]:

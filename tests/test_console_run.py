@@ -71,9 +71,11 @@ def test_a_tracked_run_names_its_run_and_store_and_the_mlflow_ui_command(tmp_pat
     assert result.returncode == 0, result
     lines = kbk_lines(result.stdout)
     ready = next(line for line in lines if line.startswith("start-up") and "ready to train" in line)
-    match = re.search(r"ready to train: run '(.+)', MLflow run ([0-9a-f]{32}) in (\S+), folder (\S+)$", ready)
+    match = re.search(r"ready to train: run '(.+)', MLflow run being created in (\S+), folder (\S+)$", ready)
     assert match, ready
-    name, run_id, uri, folder = match.groups()
+    name, uri, folder = match.groups()
+    created = re.compile(rf"MLflow run ([0-9a-f]{{32}}) created in {re.escape(uri)} while training \(run '(.+)'\)")
+    run_id = next(m for m in map(created.fullmatch, lines) if m).group(1)  # its own line, once it exists
     assert uri == f"sqlite:///{db}"
     run = MlflowClient(uri).get_run(run_id)
     assert run.info.run_name == name and run.info.status == "FINISHED"

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 
@@ -43,7 +44,7 @@ def start(args: list[str]) -> subprocess.Popen:
 def wait_until_training(proc: subprocess.Popen) -> None:
     """Read the run's output until its MLflow run exists and training starts."""
     for line in proc.stdout:
-        if "ready to train" in line:
+        if re.search(r"MLflow run [0-9a-f]{32} (created )?in ", line):  # a new run is created while it trains
             return
     raise AssertionError(f"the run ended (exit {proc.wait()}) before training:\n{proc.stderr.read()[-3000:]}")
 

@@ -53,8 +53,8 @@ def _end_open_runs() -> None:
 
 
 class SignalGuard:
-    """Handlers installed by `MlflowTracker.install_signal_handlers`; `restore()` (or leaving the `with`) puts
-    the previous ones back."""
+    """Handlers installed by `MlflowTracker.install_signal_handlers` (or by a `PendingTracker`'s, until its run exists
+    and it hands the guard over); `restore()` (or leaving the `with`) puts the previous ones back."""
 
     def __init__(self, tracker: MlflowTracker, signals: Iterable[int]) -> None:
         self._tracker = tracker
@@ -76,6 +76,11 @@ class SignalGuard:
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         raise SystemExit(128 + signum)
+
+    def hand_over(self, tracker: MlflowTracker) -> None:
+        """Guard `tracker`'s run from now on: the run a `PendingTracker` guarded until it existed."""
+        self._tracker = tracker
+        tracker._signal_guard = self
 
     def restore(self) -> None:
         for signum, previous in self._previous.items():

@@ -206,10 +206,11 @@ class MlflowWriter:
 
     # ----------------------------------------------------------------------------------------------- metrics
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Buffer `metrics` at `step` (timestamped now); written in batches (see the module docstring)."""
+    def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp_ms: int | None = None) -> None:
+        """Buffer `metrics` at `step`, timestamped `timestamp_ms` (default now: a `PendingTracker` passes the time
+        they were logged before the run existed); written in batches (see the module docstring)."""
         self._check_open()
-        now_ms = int(time.time() * 1000)
+        now_ms = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
         step = int(step)
         rows = []
         for key, value in metrics.items():

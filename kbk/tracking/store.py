@@ -243,11 +243,9 @@ def _wrap(uri: str, action: str, error: Exception) -> TrackingError:
     )
 
 
-@contextlib.contextmanager
-def prepared_store(uri: str) -> Iterator[MlflowClient]:
-    """A client for `uri` after the checks that fail fast with a clear message (server reachable, SQLite file
-    usable), held under the SQLite init lock so that schema creation cannot race. Used by
-    `ensure_experiment` and `MlflowTracker.start`."""
+def check_store(uri: str) -> None:
+    """The checks that fail fast with a clear message, without importing MLflow: a URI given, a tracking server
+    that answers, a SQLite file that is absolute and usable. A `TrackingError` if one fails."""
     if not uri:
         raise TrackingError(
             "No tracking URI given. Fix: resolve one with resolve_tracking_uri(cfg.uri, outputs)."
@@ -263,8 +261,16 @@ def prepared_store(uri: str) -> Iterator[MlflowClient]:
                 "Fix: pass it through resolve_tracking_uri first."
             )
         _check_sqlite_file(uri, path)
+
+
+@contextlib.contextmanager
+def prepared_store(uri: str) -> Iterator[MlflowClient]:
+    """A client for `uri` after `check_store`, held under the SQLite init lock so that schema creation cannot race.
+    Used by `ensure_experiment` and `MlflowTracker.start`."""
+    check_store(uri)
     from mlflow import MlflowClient
 
+    path = sqlite_path(uri)
     lock = _sqlite_init_lock(path) if path is not None else contextlib.nullcontext()
     with lock:
         client = MlflowClient(tracking_uri=uri)
