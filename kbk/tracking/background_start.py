@@ -127,8 +127,8 @@ class PendingTracker:
         self._started().flush()
 
     def __getattr__(self, name: str) -> Any:
-        """Everything else (params, tags, artifacts, `defer_signals`, `deferred_signal`, `end`, ...) is the run's,
-        once it exists."""
+        """Everything else (`log_text`, `log_dict`, `defer_signals`, `deferred_signal`, `end`, ...) is the run's, once
+        it exists."""
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self._started(), name)
