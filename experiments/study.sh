@@ -19,3 +19,13 @@ report_metrics() {  # the metrics a study reports on data $1: on synthetic data 
         echo "val/ppl val/ppl_koopman"
     fi
 }
+
+pick_dataset() {  # pick_dataset FIRST_ARGUMENT STUDY_FOLDER: `kjv` as a study script's first argument, else synthetic
+    # Sets data; suffix (of the study names: none on synthetic data, the names the first studies took); where (for
+    # the report's question); out (the report folder: STUDY_FOLDER, or STUDY_FOLDER/kjv); reproduce (the command).
+    # The caller shifts its arguments when data=kjv.
+    data=synthetic suffix="" where="synthetic data" out=$2 reproduce="bash $2/run.sh"
+    if [ "$1" = kjv ]; then
+        data=kjv suffix=_kjv where="the King James Bible" out=$2/kjv reproduce="bash $2/run.sh kjv"
+    fi
+}

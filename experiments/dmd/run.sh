@@ -15,9 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source experiments/study.sh  # one torch thread per trial; REPORT_ONLY=1 rewrites the reports only
-data=synthetic suffix="" out=experiments/dmd where="synthetic data" reproduce="bash experiments/dmd/run.sh"
-if [ "${1:-}" = kjv ]; then data=kjv suffix=_kjv out=experiments/dmd/kjv where="the King James Bible"
-    reproduce="bash experiments/dmd/run.sh kjv"; shift; fi
+pick_dataset "${1:-}" experiments/dmd
+if [ $data = kjv ]; then shift; fi
 size=(model=tiny data=$data trainer.max_steps=400 trainer.eval_every=100 seed=0,1,2)
 metrics=($(report_metrics $data) koopman/0/one_step_rel_err koopman/1/one_step_rel_err
          koopman/0/drift_rel koopman/1/drift_rel)
