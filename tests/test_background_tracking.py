@@ -32,8 +32,8 @@ def start(args: list[str]) -> subprocess.Popen:
                             env=clean_env(), cwd=PROJECT_ROOT)
 
 
-def run(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(kbk_command(args), capture_output=True, text=True, env=clean_env(), cwd=PROJECT_ROOT,
+def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(kbk_command(args), capture_output=True, text=True, env=clean_env(env), cwd=PROJECT_ROOT,
                           timeout=300)
 
 
@@ -117,6 +117,18 @@ def test_a_start_that_fails_in_the_background_ends_the_job_with_one_line(tmp_pat
     assert "ready to train" in done.stdout  # it trained meanwhile
     experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
     assert client.search_runs(experiments, run_view_type=ViewType.ALL) == []
+    assert not list((outputs / "runs").glob("*/*"))
+
+
+def test_a_missing_parent_run_is_one_line_before_training(tmp_path, mlflow_store):
+    """A sweep's parent run id (from the environment) that the store lacks: checked before training, as before."""
+    outputs = tmp_path / "outputs"
+    db = mlflow_store(outputs)
+    done = run([*TINY, f"paths.outputs={outputs}"], env={"KBK_PARENT_RUN_ID": "0" * 32})
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-3000:]
+    assert lines[0].startswith(f"kbk: error: Parent run {'0' * 32} is not in sqlite:///{db}")
+    assert "ready to train" not in done.stdout and mlflow_runs(db) == []
     assert not list((outputs / "runs").glob("*/*"))
 
 

@@ -32,8 +32,10 @@ from omegaconf import open_dict
 
 from kbk.paths import PROJECT_ROOT
 
-#: A few seconds of training with one evaluation (and checkpoint), at the end: stopped early, it has none.
-UNCHECKPOINTED = [*TINY, "trainer.epochs=100", "trainer.max_steps=600", "trainer.eval_every=100000"]
+#: Training that goes on until it is stopped, with no checkpoint before (no evaluation; a first epoch of 31,250 steps,
+#: minutes): however long its MLflow run takes to be created (on a thread while it trains; 15 s on a loaded machine),
+#: it is still training, uncheckpointed, then.
+UNCHECKPOINTED = [*TINY, "data.n_train_tokens=2000000", "trainer.max_steps=100000000", "trainer.eval_every=100000000"]
 
 
 def start(args: list[str]) -> subprocess.Popen:
@@ -66,16 +68,26 @@ def test_sigkill_before_the_first_checkpoint_leaves_no_running_run(tmp_path, mlf
     partial = first.parent / ".last.pt.killed.tmp"  # what a kill during the first checkpoint's write leaves
     partial.write_bytes(b"half a checkpoint")
 
-    resumed = subprocess.run(kbk_command([*UNCHECKPOINTED, f"paths.outputs={outputs}", "trainer.resume=true"]),
-                             capture_output=True, text=True, env=clean_env(), cwd=PROJECT_ROOT, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "trainer.resume=true: no checkpoint of this config" in resumed.stdout
-    assert f"MLflow run {orphan.info.run_id} of this config was left RUNNING by a killed process" in resumed.stdout
-    assert not partial.exists() and latest_checkpoint(outputs).is_file()
+    resumed = start([*UNCHECKPOINTED, f"paths.outputs={outputs}", "trainer.resume=true"])
+    said = []
+    try:
+        for line in resumed.stdout:  # the orphan is ended before training starts; then this one is stopped too
+            said.append(line)
+            if "left RUNNING by a killed process" in line:
+                break
+    finally:
+        resumed.send_signal(signal.SIGTERM)
+    stdout, stderr = resumed.communicate(timeout=120)
+    said = "".join(said) + stdout
+    assert resumed.returncode == 143, stderr[-3000:]
+    assert "trainer.resume=true: no checkpoint of this config" in said
+    assert f"MLflow run {orphan.info.run_id} of this config was left RUNNING by a killed process: ended KILLED" in said
+    assert not partial.exists()
     runs = {r.info.run_id: r for r in mlflow_runs(db)}
     assert runs[orphan.info.run_id].info.status == "KILLED"
     assert "killed" in runs[orphan.info.run_id].data.tags["kbk.end_reason"]
-    assert sorted(r.info.status for r in runs.values()) == ["FINISHED", "KILLED"]
+    (again,) = (r for r in runs.values() if r.info.run_id != orphan.info.run_id)
+    assert again.info.status == "KILLED" and again.data.tags["kbk.end_reason"] == "stopped by SIGTERM"
 
 
 @pytest.mark.slow
