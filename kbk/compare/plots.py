@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from kbk.compare.stats import metric_values, summary, t_interval
+from kbk.tracking.plots import plain_log_yaxis
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f")
 #: With more series than colours, the later ones are told apart by the line's dash (a 12-group grid otherwise
@@ -160,6 +161,13 @@ def _categorical_panel(ax, runs, frame, group_by, metric) -> None:
     ax.set_xlim(-0.5, len(labels) - 0.5)
 
 
+def spans_decades(ax, ratio: float = 20.0) -> bool:
+    """True when every y value drawn on `ax` is positive and the largest is at least `ratio` times the smallest."""
+    values = np.concatenate([np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()] or [[]])
+    values = values[np.isfinite(values)]
+    return bool(values.size) and values.min() > 0 and values.max() / values.min() >= ratio
+
+
 def plot_curves(histories: Mapping[tuple, Mapping[str, list[pd.DataFrame]]], group_by: Sequence[str],
                 metrics: Sequence[str], path: Path, title: str, confidence: float = 0.95) -> Path:
     """Learning curves: per group and metric, the mean over runs at each logged step with its interval band.
@@ -192,6 +200,10 @@ def plot_curves(histories: Mapping[tuple, Mapping[str, list[pd.DataFrame]]], gro
         ax.set_xlabel("step")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(metric)
+        if spans_decades(ax):
+            # e.g. the Koopman-mode perplexity before the operators learn (10,000) beside its final 115: on a
+            # linear axis every later point, and every difference between groups, is squeezed onto the floor.
+            plain_log_yaxis(ax)
         ax.grid(True, alpha=0.3)
     if handles:
         # As many columns as the longest label lets fit across the figure (~12 small characters per inch):

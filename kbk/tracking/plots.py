@@ -37,6 +37,24 @@ def _series(history: Sequence[tuple[int, Mapping[str, float]]], key: str) -> tup
     return steps, values
 
 
+def plain_log_yaxis(axes) -> None:
+    """A log y axis labelled with plain numbers (130, 200, 500, 1000), not powers of ten."""
+    from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
+
+    axes.set_yscale("log")
+    low, high = axes.get_ylim()
+    if high / low < 10:
+        # A perplexity curve often spans less than a decade, where the default log axis shows one or two labels in
+        # scientific notation: evenly spaced plain numbers instead.
+        axes.yaxis.set_major_locator(MaxNLocator(nbins=6))
+    else:
+        axes.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    plain = ScalarFormatter()
+    plain.set_scientific(False)
+    axes.yaxis.set_major_formatter(plain)
+    axes.yaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_training_curves(
     history: Sequence[tuple[int, Mapping[str, float]]], path: str | Path, title: str | None = None
 ) -> Path:
@@ -61,20 +79,7 @@ def plot_training_curves(
         for label, style, steps, values in curves:
             axes.plot(steps, values, style, label=label, markersize=3, linewidth=1.2)
         if log_axis:
-            from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
-
-            axes.set_yscale("log")
-            low, high = axes.get_ylim()
-            if high / low < 10:
-                # A perplexity curve often spans less than a decade, where the default log axis shows one or two
-                # labels in scientific notation: evenly spaced plain numbers instead.
-                axes.yaxis.set_major_locator(MaxNLocator(nbins=6))
-            else:
-                axes.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            plain = ScalarFormatter()
-            plain.set_scientific(False)
-            axes.yaxis.set_major_formatter(plain)
-            axes.yaxis.set_minor_formatter(NullFormatter())
+            plain_log_yaxis(axes)
         axes.set_xlabel("step")
         axes.set_ylabel(ylabel)
         axes.grid(True, alpha=0.3)
