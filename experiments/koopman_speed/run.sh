@@ -3,8 +3,9 @@
 # 1 / 4 (the preset koopman_speed_grid) × seeds 0, 1, 2 at model=tiny (koopman_dim 256), 400 steps, reported against
 # kbk's defaults (256 tokens, DMD every step) into experiments/koopman_speed/<dataset>/. Their step times, measured
 # side by side: experiments/benchmarks/trial_cost_results.md.
-#   bash experiments/koopman_speed/run.sh              # synthetic data (~15 min on 2 CPU cores)
-#   bash experiments/koopman_speed/run.sh kjv          # the King James Bible (python experiments/data/kjv.py first)
+#   bash experiments/koopman_speed/run.sh              # synthetic data (~7 min on 2 quiet CPU cores)
+#   bash experiments/koopman_speed/run.sh kjv          # the King James Bible (python experiments/data/kjv.py first;
+#                                                      # 19 min with two sweeper processes on the study)
 # Re-running resumes the sweep (finished trials are kept) and rewrites the report.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
