@@ -3,16 +3,16 @@
 # batch size 8 (4,096 tokens per step, as the n_seq 128 runs of run.sh), 400 steps, seeds 0, 1, 2 (study
 # baselines_kjv_n512): ResNet-BK with Koopman on (the report's baseline) and off, and the 2-layer GPTs matched to
 # them (widths 88 / 64 at n_seq 512 too: python experiments/baselines/widths.py). Quality at equal steps and
-# equal tokens; the step time side by side is experiments/benchmarks/context_length_results.md.
+# equal training seconds (wall_time.py); the step time side by side is experiments/benchmarks/context_length_results.md.
 #   bash experiments/baselines/long_context.sh
 # The kjv corpus must be prepared once: python experiments/data/kjv.py
 # Re-running resumes the sweep (finished trials are kept) and rewrites the report.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # as in run.sh: one torch thread per trial on a shared machine
+source experiments/study.sh  # one torch thread per trial; REPORT_ONLY=1 rewrites the reports only
 study=baselines_kjv_n512
 metrics="val/ppl perf/step_ms"
-python -m kbk.run -m hparams_search=baselines_grid "hydra.searchpath=[file://experiments/baselines/conf]" \
+sweep hparams_search=baselines_grid "hydra.searchpath=[file://experiments/baselines/conf]" \
     hydra.sweeper.study_name=$study experiment=bk,bk_koopman_off,gpt_d88,gpt_d64 seed=0,1,2 \
     data=kjv model=tiny model.n_seq=512 trainer.batch_size=8 trainer.epochs=100 trainer.max_steps=400 \
     trainer.eval_every=100
@@ -22,3 +22,4 @@ python -m kbk.report --sweep $study --group-by $group_by --baseline $baseline --
     --question "At n_seq 512 (batch 8, 4,096 tokens per step) and 400 steps on the King James Bible, how do the tiny ResNet-BK with Koopman on (kbk's default) and off and 2-layer GPTs matched to them in parameters compare in validation perplexity?" \
     --reproduce "bash experiments/baselines/long_context.sh" --out experiments/baselines/kjv_n512
 python -m kbk.compare --sweep $study --group-by $group_by --metric $metrics --baseline $baseline
+python experiments/baselines/wall_time.py kjv_n512  # quality against training seconds

@@ -2,6 +2,7 @@
 
     python experiments/baselines/wall_time.py synthetic     # reads the sweep baselines_synthetic from the store
     python experiments/baselines/wall_time.py kjv
+    python experiments/baselines/wall_time.py kjv_n512   # the sweep baselines_kjv_n512 (long_context.sh)
 
 Writes experiments/baselines/<data>/wall_time.md and wall_time.png. kbk logs no cumulative training time per step,
 but it logs `perf/step_ms`, the mean step time of each logging window (every trainer.log_every = 10 steps); the
@@ -51,7 +52,7 @@ def curve(history: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("data", choices=["synthetic", "kjv"])
+    p.add_argument("data", choices=["synthetic", "kjv", "kjv_n512"])
     args = p.parse_args(argv)
     sweep = f"baselines_{args.data}"
     runs = compare.runs(sweep=sweep)

@@ -279,9 +279,10 @@ def report(args, load: float, steps, evals, startup, runs) -> list[str]:
         "",
         "## 2. What the speed settings cost in Koopman-mode quality",
         "",
-        "Measured as a study, three seeds a setting, with paired intervals: `bash experiments/koopman_speed/run.sh` "
-        "(report: [experiments/koopman_speed/synthetic/README.md](../koopman_speed/synthetic/README.md)).",
-        "",
+        "Measured as a study, three seeds a setting, with paired intervals, on synthetic data and the King James "
+        "Bible: `bash experiments/koopman_speed/run.sh [kjv]` (reports: "
+        "[synthetic](../koopman_speed/synthetic/README.md), [kjv](../koopman_speed/kjv/README.md); reading: "
+        "[FINDINGS.md](../koopman_speed/FINDINGS.md)).",
         "",
         "## 3. Evaluation per call (koopman_dim 256; minimum of "
         f"{args.eval_calls} calls)",
