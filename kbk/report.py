@@ -29,6 +29,7 @@ from kbk.errors import KbkError, command_line
 DIAGNOSTICS = ("val_ppl_koopman_only", "val_ppl_skip_only", "one_step_rel_err", "one_step_rel_err_identity",
                "spectral_radius", "drift_rel", "dmd_accept_rate")
 END_REASON = "tags.kbk.end_reason"
+LAYERWISE_STANDARD = "koopman/layerwise_val_ppl"  # the standard model on the layer-wise passes' tokens
 
 
 def sweep_selection(uri: str | None, experiment: str, sweeps: str | Sequence[str]) -> Selection:
@@ -95,6 +96,14 @@ def diagnostics_table(comparison: Comparison) -> pd.DataFrame | None:
     summary["name"] = summary["metric"].str.split("/").str[2]
     wide = summary.pivot_table(index=[*comparison.group_by, "layer"], columns="name", values="mean", sort=False)
     wide = wide[[n for n in names if n in wide.columns]].reset_index()
+    if "val_ppl_koopman_only" in wide and f"metrics.{LAYERWISE_STANDARD}" in runs:
+        # The one-layer passes run on a subset of the validation tokens: the standard model on that same subset
+        # is what they compare with (the final val/ppl, on every token, is not).
+        standard = stats.summary(runs, comparison.group_by, [LAYERWISE_STANDARD], comparison.confidence)
+        standard = standard[[*comparison.group_by, "mean"]].rename(columns={"mean": "layerwise_val_ppl"})
+        wide = wide.merge(standard, on=list(comparison.group_by), how="left", sort=False)
+        names = ["layerwise_val_ppl", *names]
+        wide = wide[[*comparison.group_by, "layer", *[n for n in names if n in wide]]]
     places = {n: tables.decimals(list(wide[n])) for n in names if n in wide}
     for n, p in places.items():
         wide[n] = [tables.number(v, p) for v in wide[n]]
@@ -205,6 +214,8 @@ def write_report(selection: Selection, comparison: Comparison, out: Path, *, swe
         lines += ["## Koopman diagnostics per layer", "",
                   "Final evaluation, mean over seeds. `val_ppl_koopman_only`: the model with only this layer "
                   "replaced by its Koopman operator; `val_ppl_skip_only`: the model with only this layer skipped; "
+                  "`layerwise_val_ppl`: the standard model on the same validation tokens as those two (the first "
+                  "`trainer.layerwise_tokens` of them), the number to read them against; "
                   "`one_step_rel_err` vs `one_step_rel_err_identity`: the operator's relative one-step error in "
                   "lifted space against K = I.", "", tables.markdown(diag).rstrip(), ""]
     unfinished = unfinished_table(selection, comparison.group_by)

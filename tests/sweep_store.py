@@ -40,7 +40,8 @@ def build_store(tmp_path):
     for i, ((dim, seed), ppl) in enumerate(PPL.items()):
         _run(client, exp, f"trial-{i}", {**common, "koopman.dim": dim, "seed": seed, "tracking.uri": f"u{i}"},
              {"val/ppl": ppl, "val/ppl_koopman": ppl + 10 + seed, "koopman/0/spectral_radius": 1.0 + seed / 10,
-              "koopman/1/spectral_radius": 2.0},
+              "koopman/1/spectral_radius": 2.0, "koopman/layerwise_val_ppl": ppl - 20,
+              "koopman/0/val_ppl_koopman_only": ppl - 10, "koopman/1/val_ppl_koopman_only": ppl - 15},
              {"kbk.role": "trial", "kbk.sweep": "grid", "mlflow.parentRunId": pid})
     _run(client, exp, "trial-7", {**common, "koopman.dim": "1024", "seed": "0"}, {},
          {"kbk.role": "trial", "kbk.sweep": "grid", "mlflow.parentRunId": pid,

@@ -54,3 +54,22 @@ def test_a_curve_that_spans_decades_is_drawn_on_a_log_axis(tmp_path, monkeypatch
     narrow = [[220.0, 150.0, 120.0, 107.0], [218.0, 149.0, 119.0, 106.0]]
     _curves(tmp_path, narrow, narrow)
     assert scales == []  # a curve within 20x stays on a linear axis
+
+
+def test_a_metric_panel_that_spans_decades_is_drawn_on_a_log_axis(tmp_path, monkeypatch):
+    """The seed-claims study's final Koopman-mode PPL: 12,557 for the seed's run, 85 for kbk's; on a linear axis
+    kbk's groups sat on the panel's floor, indistinguishable."""
+    import pandas as pd
+
+    import kbk.compare.plots as plots
+
+    scales = []
+    real = plots.plain_log_yaxis
+    monkeypatch.setattr(plots, "plain_log_yaxis", lambda ax: (scales.append(ax), real(ax)))
+    runs = pd.DataFrame({"params.model.causal": ["false"] * 3 + ["true"] * 3, "params.seed": ["0", "1", "2"] * 2,
+                         "metrics.wide": [12000.0, 12500.0, 13100.0, 84.0, 85.0, 86.0],
+                         "metrics.narrow": [105.0, 106.0, 107.0, 73.0, 73.2, 73.4]})
+    plots.plot_metrics(runs, ["model.causal"], ["wide", "narrow"], tmp_path / "metrics.png", "t")
+    assert len(scales) == 1 and scales[0].get_ylabel() == "wide" and scales[0].get_yscale() == "log"
+    low, high = scales[0].get_ylim()
+    assert low < 84 and high > 13100

@@ -26,7 +26,9 @@ def test_report_reads_well_and_is_logged_on_the_parent(store, tmp_path, capsys):
     # 128 − 256 paired over seeds 0, 1: +9.5 with t(1) interval [3.1, 15.9]: a finding; 512 is Welch (unpaired)
     assert "**koopman.dim=128** vs koopman.dim=256: val/ppl +9.5 [3.1, 15.9] (paired over 2 seeds)" in text
     assert "koopman.dim=512 vs koopman.dim=256: val/ppl" in text
-    assert "| 128 | 0 | 1.050 |" in text  # spectral radius of layer 0, mean of seeds 0 and 1
+    # layer 0 of dim 128, means of seeds 0 and 1: the standard model on the layer-wise tokens (the number the
+    # one-layer passes are read against), its Koopman-only pass, the spectral radius
+    assert "| 128 | 0 | 178.0 | 188.0 | 1.050 |" in text
     assert "| trial-7 | FAILED | 1024 | 0 | ConfigError: out of memory |" in text
     assert "| trial-8 | KILLED | 512 | 3 | pruned |" in text
     assert "model.d_model: 64" in text and "paths.outputs" not in text and "tracking.uri" not in text

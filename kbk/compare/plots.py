@@ -87,6 +87,8 @@ def plot_metrics(runs: pd.DataFrame, group_by: Sequence[str], metrics: Sequence[
         else:
             handles.update(_numeric_panel(ax, runs, frame, x_key, series_keys, metric))
         ax.set_ylabel(metric)
+        if spans_decades(ax):  # e.g. the seed's Koopman-mode PPL (12,557) beside kbk's (85): both readable
+            plain_log_yaxis(ax)
         ax.grid(True, alpha=0.3)
     if series_keys and len(handles) > 1:
         fig.legend(list(handles.values()), list(handles), loc="outside lower center", fontsize="small",
