@@ -87,8 +87,7 @@ def plot_metrics(runs: pd.DataFrame, group_by: Sequence[str], metrics: Sequence[
         else:
             handles.update(_numeric_panel(ax, runs, frame, x_key, series_keys, metric))
         ax.set_ylabel(metric)
-        if spans_decades(ax):  # e.g. the seed's Koopman-mode PPL (12,557) beside kbk's (85): both readable
-            plain_log_yaxis(ax)
+        log_axis_if_spanning_decades(ax)  # e.g. the seed's Koopman-mode PPL (12,557) beside kbk's (85)
         ax.grid(True, alpha=0.3)
     if series_keys and len(handles) > 1:
         fig.legend(list(handles.values()), list(handles), loc="outside lower center", fontsize="small",
@@ -170,6 +169,13 @@ def spans_decades(ax, ratio: float = 20.0) -> bool:
     return bool(values.size) and values.min() > 0 and values.max() / values.min() >= ratio
 
 
+def log_axis_if_spanning_decades(ax) -> None:
+    """A log y axis (plain tick labels) where the values drawn span 20x or more: on a linear axis every smaller
+    value, and every difference between groups there, is squeezed onto the panel's floor."""
+    if spans_decades(ax):
+        plain_log_yaxis(ax)
+
+
 def plot_curves(histories: Mapping[tuple, Mapping[str, list[pd.DataFrame]]], group_by: Sequence[str],
                 metrics: Sequence[str], path: Path, title: str, confidence: float = 0.95) -> Path:
     """Learning curves: per group and metric, the mean over runs at each logged step with its interval band.
@@ -202,10 +208,7 @@ def plot_curves(histories: Mapping[tuple, Mapping[str, list[pd.DataFrame]]], gro
         ax.set_xlabel("step")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(metric)
-        if spans_decades(ax):
-            # e.g. the Koopman-mode perplexity before the operators learn (10,000) beside its final 115: on a
-            # linear axis every later point, and every difference between groups, is squeezed onto the floor.
-            plain_log_yaxis(ax)
+        log_axis_if_spanning_decades(ax)  # e.g. Koopman-mode PPL 10,000 before the operators learn, 115 after
         ax.grid(True, alpha=0.3)
     if handles:
         # As many columns as the longest label lets fit across the figure (~12 small characters per inch):
