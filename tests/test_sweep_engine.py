@@ -368,29 +368,41 @@ def test_process_alive_tells_dead_and_reused_pids():
         assert not process_alive(os.getpid(), ticks + 1)
 
 
-def _open_at(url: str, start: float, queue) -> None:
-    from kbk.sweep.storage import open_storage
-
-    while time.time() < start:
-        pass
-    try:
-        open_storage(url)
-        queue.put("ok")
-    except Exception as e:  # noqa: BLE001 (reported to the test)
-        queue.put(repr(e)[:300])
+_OPEN_WHEN_TOLD = """
+import sys, time
+from pathlib import Path
+from kbk.sweep.storage import open_storage
+here = Path(sys.argv[2])
+(here / f"ready-{sys.argv[3]}").touch()
+while not (here / "go").exists():
+    time.sleep(0.01)
+start = float((here / "go").read_text())
+while time.time() < start:  # spin, so that all reach the schema check within microseconds
+    pass
+open_storage(sys.argv[1])
+print("ok")
+"""
 
 
 def test_processes_creating_a_fresh_rdb_schema_together_all_succeed(tmp_path):
-    # Without kbk's retry, most of these fail with "table ... already exists" (PostgreSQL: duplicate key).
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    start = time.time() + 0.5
-    procs = [ctx.Process(target=_open_at, args=(f"sqlite:///{tmp_path / 'o.db'}", start, queue)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=60)
-    assert [queue.get(timeout=5) for _ in procs] == ["ok"] * 4
+    # Without kbk's retry, some of these fail with "table ... already exists" (PostgreSQL: duplicate key).
+    # Fresh interpreters, not forks: a fork of the test process inherits whatever lock another test's thread held
+    # at that moment and can hang on it. Each imports first, then all open the storage at one moment.
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_WHEN_TOLD, url, str(tmp_path), str(i)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(8)]
+    try:
+        deadline = time.time() + 120
+        while len(list(tmp_path.glob("ready-*"))) < len(procs) and time.time() < deadline:
+            time.sleep(0.01)
+        (tmp_path / "go.tmp").write_text(str(time.time() + 0.3))
+        (tmp_path / "go.tmp").rename(tmp_path / "go")
+        results = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    outcomes = [(p.returncode, out.strip()) for p, (out, _) in zip(procs, results, strict=True)]
+    assert outcomes == [(0, "ok")] * len(procs), [err[-500:] for _, err in results]
 
 
 def test_custom_search_space_adds_define_by_run_parameters(tmp_path):
