@@ -85,8 +85,9 @@ def _cell(value: object) -> str:
 def diagnostics_table(comparison: Comparison) -> pd.DataFrame | None:
     """Mean over seeds of each diagnostic, one row per group and layer."""
     runs = comparison.runs
-    layers = sorted({c.split("/")[1] for c in runs.columns if c.startswith("metrics.koopman/")},
-                    key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else s))
+    # Per-layer metrics are koopman/<layer>/<name>; run-level ones (koopman/layerwise_val_ppl) name no layer.
+    parts = [c.split("/") for c in runs.columns if c.startswith("metrics.koopman/")]
+    layers = sorted({p[1] for p in parts if len(p) == 3}, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else s))
     if not layers:
         return None
     names = [n for n in DIAGNOSTICS if any(f"metrics.koopman/{layer}/{n}" in runs for layer in layers)]
