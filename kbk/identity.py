@@ -23,7 +23,7 @@ VOLATILE_KEYS = ("trainer.resume", "trainer.log_checkpoint", "trainer.save_best"
 #: Settings kbk gained after run hashes were first stored, with the default that computes what kbk computed
 #: without them: left out at that default, so every earlier run keeps its hash (checkpoint folder, resume).
 ADDED_KEYS = {"trainer.overfit_batches": 0, "trainer.early_stopping_patience": None, "trainer.precision": "fp32",
-              "trainer.compile": False}
+              "trainer.compile": False, "koopman.own_rng": False}
 #: Every dotted key (and everything under it) that the same experiment may differ in.
 IGNORED_KEYS = (*LOCATION_KEYS, *LABEL_KEYS, *VOLATILE_KEYS)
 

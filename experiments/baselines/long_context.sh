@@ -23,3 +23,16 @@ python -m kbk.report --sweep $study --group-by $group_by --baseline $baseline --
     --reproduce "bash experiments/baselines/long_context.sh" --out experiments/baselines/kjv_n512
 python -m kbk.compare --sweep $study --group-by $group_by --metric $metrics --baseline $baseline
 python experiments/baselines/wall_time.py kjv_n512  # quality against training seconds
+
+# The Koopman on/off difference again, with the companions on a random stream of their own (koopman.own_rng): at
+# each seed Koopman on and off then share the backbone's initial weights and dropout masks, and with the Koopman
+# terms detached nothing else reaches the backbone (experiments/baselines/clip_coupling.py).
+study=baselines_kjv_n512_own_rng
+baseline=koopman.enabled=true
+sweep hparams_search=baselines_grid "hydra.searchpath=[file://experiments/baselines/conf]" \
+    hydra.sweeper.study_name=$study experiment=bk,bk_koopman_off seed=0,1,2 koopman.own_rng=true \
+    data=kjv model=tiny model.n_seq=512 trainer.batch_size=8 trainer.epochs=100 trainer.max_steps=400 \
+    trainer.eval_every=100
+python -m kbk.report --sweep $study --group-by koopman.enabled --baseline $baseline --metric val/ppl \
+    --question "At n_seq 512 (batch 8) and 400 steps on the King James Bible, with the Koopman companions on a random stream of their own (koopman.own_rng=true), does Koopman learning (detached from the backbone) change the tiny ResNet-BK's validation perplexity?" \
+    --reproduce "bash experiments/baselines/long_context.sh" --out experiments/baselines/kjv_n512/own_rng

@@ -51,6 +51,10 @@ class KoopmanConfig:
     # sampled pairs for DMD (forward only). 1 = every step. Trades the Koopman-mode gap for speed: measured in
     # experiments/benchmarks/trial_cost_results.md.
     terms_interval: int = 1
+    # The companions' initial weights, the token sample and DMD's buffer draws from a generator of their own (seeded
+    # from the run's seed) instead of torch's global one: Koopman on and off then start from the same backbone and
+    # see the same dropout masks at a seed. Off by default: every committed study ran with the shared stream.
+    own_rng: bool = False
 
     def __post_init__(self) -> None:
         require(self, "dim", lambda v: v > 0, "an integer > 0")

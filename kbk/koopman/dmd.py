@@ -133,6 +133,9 @@ class StreamingDMD(torch.nn.Module):
         self._pending_condition: Callable[[], float] | None = None
         # (n_seen, K_dmd) of the last accepted estimate: `estimate()` on unchanged data returns it, not a new solve.
         self._last_estimate: tuple[int, Tensor] | None = None
+        # Where the buffer's random subset comes from: torch's global CPU generator, or (koopman.own_rng) the
+        # companions' own, set by the model; its state is saved by whoever owns it.
+        self.generator: torch.Generator | None = None
         self.register_state_dict_pre_hook(StreamingDMD._settle_before_saving)
 
     # ---- counters --------------------------------------------------------------------------------
@@ -193,10 +196,10 @@ class StreamingDMD(torch.nn.Module):
         """Add lifted pairs `(z, z')` of shape `(..., k)`; they are detached and flattened to `(M, k)`.
 
         Buffer estimators write into a circular buffer (oldest pairs overwritten first); when
-        `M > buffer_size` a uniformly random subset of `buffer_size` rows is kept, drawn from torch's global
-        CPU RNG so a trainer that saves and restores RNG state replays it. `forgetting` folds all `M` pairs
-        into its Grams; a push with non-finite values is left out of them (it would poison every later
-        estimate) and makes the next update be rejected.
+        `M > buffer_size` a uniformly random subset of `buffer_size` rows is kept, drawn from `self.generator`
+        (torch's global CPU RNG unless the model set its own), whose state the trainer's checkpoint restores.
+        `forgetting` folds all `M` pairs into its Grams; a push with non-finite values is left out of them (it
+        would poison every later estimate) and makes the next update be rejected.
         """
         if z.shape != z_next.shape or z.shape[-1] != self.koopman_dim:
             raise ValueError(
@@ -213,7 +216,7 @@ class StreamingDMD(torch.nn.Module):
             self._absorb(z, z_next)
             return
         if m > self.config.buffer_size:
-            keep = torch.randperm(m)[: self.config.buffer_size].to(z.device)
+            keep = torch.randperm(m, generator=self.generator)[: self.config.buffer_size].to(z.device)
             z, z_next = z[keep], z_next[keep]
             m = self.config.buffer_size
         slots = (self.write_pos + torch.arange(m, device=self.write_pos.device)) % self.config.buffer_size

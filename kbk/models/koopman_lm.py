@@ -155,14 +155,43 @@ class KoopmanDynamics(nn.Module):
         return stats
 
 
+class KoopmanRandom(nn.Module):
+    """The Koopman companions' own random stream (`koopman.own_rng`): a CPU generator whose state is saved with the
+    model (as extra state), so a resumed run draws what the uninterrupted one would have."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def initial_seed(self, block: int) -> int:
+        """The seed the companion of `block` draws its initial weights from."""
+        return self.seed + 1 + block
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"state": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["state"])
+
+
 class ResNetBKBlock(nn.Module):
     """Pre-LayerNorm residual block x + f(LN x), with an optional Koopman companion."""
 
-    def __init__(self, config: ResNetBKConfig, koopman: KoopmanConfig | None, dmd: DMDConfig | None) -> None:
+    def __init__(self, config: ResNetBKConfig, koopman: KoopmanConfig | None, dmd: DMDConfig | None,
+                 companion_seed: int | None = None) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(config.d_model)
         self.layer = ResNetBKLayer(config)
-        self.koopman = KoopmanDynamics(config.d_model, koopman, dmd) if koopman is not None else None
+        self.koopman = None
+        if koopman is not None and companion_seed is None:
+            self.koopman = KoopmanDynamics(config.d_model, koopman, dmd)
+        elif koopman is not None:
+            # Drawn from a stream of its own and the global one restored: the blocks after this one initialise as
+            # they would without a companion.
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(companion_seed)
+                self.koopman = KoopmanDynamics(config.d_model, koopman, dmd)
 
     def forward(
         self, x: torch.Tensor, mode: str = "standard", sample: torch.Tensor | None = None, pairs_only: bool = False
@@ -209,7 +238,15 @@ class KoopmanResNetBKLM(nn.Module):
         self.n_seq = config.n_seq
         self.token_embedding = nn.Embedding(vocab_size, config.d_model)
         self.position_embedding = nn.Embedding(config.n_seq, config.d_model)
-        self.blocks = nn.ModuleList(ResNetBKBlock(config, koopman, dmd) for _ in range(config.n_layers))
+        # koopman.own_rng: a stream seeded from the global one's seed (the run's), which it never draws from.
+        self.koopman_rng = KoopmanRandom(torch.initial_seed()) if koopman is not None and koopman.own_rng else None
+        self.blocks = nn.ModuleList(
+            ResNetBKBlock(config, koopman, dmd, None if self.koopman_rng is None else self.koopman_rng.initial_seed(i))
+            for i in range(config.n_layers)
+        )
+        if self.koopman_rng is not None:
+            for dyn in self.koopman_dynamics():
+                dyn.dmd.generator = self.koopman_rng.generator
         self.final_norm = nn.LayerNorm(config.d_model)
         self.lm_head = nn.Linear(config.d_model, vocab_size)
 
@@ -239,9 +276,12 @@ class KoopmanResNetBKLM(nn.Module):
         sample = None
         if koopman_terms and self.has_koopman:
             m = self.koopman_config.sample_tokens
-            sample = torch.randperm(b * n, device=idx.device)[:m] if m is not None and m < b * n else torch.arange(
-                b * n, device=idx.device
-            )
+            if m is None or m >= b * n:
+                sample = torch.arange(b * n, device=idx.device)
+            elif self.koopman_rng is not None:
+                sample = torch.randperm(b * n, generator=self.koopman_rng.generator)[:m].to(idx.device)
+            else:
+                sample = torch.randperm(b * n, device=idx.device)[:m]
         terms = []
         for block, mode in zip(self.blocks, modes, strict=True):
             x, t = block(x, mode=mode, sample=sample, pairs_only=pairs_only)
