@@ -12,7 +12,7 @@ from kbk.interactive import trainer_for
 from kbk.training.schedules import KoopmanWeightSchedule
 
 # Big enough that the gradient-norm clip never acts: it is the one other path from the Koopman terms to the backbone.
-BASE = ["model=tiny", "model.n_layers=2", "data.n_train_tokens=20000", "data.n_val_tokens=4000",
+BASE = ["model=tiny", "data.n_train_tokens=20000", "data.n_val_tokens=4000",
         "trainer.grad_clip=1000", "seed=3"]
 
 

@@ -20,6 +20,7 @@ seed's setting, where the auxiliary loss also pulls the backbone (toward small i
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -175,6 +176,18 @@ class KoopmanRandom(nn.Module):
         self.generator.set_state(state["state"])
 
 
+@contextlib.contextmanager
+def drawn_from(seed: int | None) -> Iterator[None]:
+    """With a seed, what runs inside draws from torch's CPU generator seeded so, and the global stream is restored
+    after: what is built later initialises as it would have without it. Without one, the global stream as it is."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
 class ResNetBKBlock(nn.Module):
     """Pre-LayerNorm residual block x + f(LN x), with an optional Koopman companion."""
 
@@ -184,13 +197,8 @@ class ResNetBKBlock(nn.Module):
         self.norm = nn.LayerNorm(config.d_model)
         self.layer = ResNetBKLayer(config)
         self.koopman = None
-        if koopman is not None and companion_seed is None:
-            self.koopman = KoopmanDynamics(config.d_model, koopman, dmd)
-        elif koopman is not None:
-            # Drawn from a stream of its own and the global one restored: the blocks after this one initialise as
-            # they would without a companion.
-            with torch.random.fork_rng(devices=[]):
-                torch.default_generator.manual_seed(companion_seed)
+        if koopman is not None:
+            with drawn_from(companion_seed):
                 self.koopman = KoopmanDynamics(config.d_model, koopman, dmd)
 
     def forward(
